@@ -1,0 +1,54 @@
+"""Command line: `python -m dontstop <stage> <config.yaml> [key=value ...] [--fold K] [--force]`."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+STAGES = {
+    "folds": "write the competition's fold file (id -> fold), shared by every experiment",
+    "train": "K-fold fine-tuning: OOF + test predictions, scores.json, submission.csv",
+    "predict": "re-predict the test set from the saved fold models",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dontstop", description="Leak-free K-fold fine-tuning for Kaggle NLP competitions.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="stages:\n" + "\n".join(f"  {name:<10} {text}" for name, text in STAGES.items())
+        + "\n\nexample: python -m dontstop train configs/default.yaml train.lr=3e-5 --fold 0")
+    sub = parser.add_subparsers(dest="stage", metavar="stage", required=True)
+    for name, text in STAGES.items():
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("config", help="experiment YAML, e.g. configs/default.yaml")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys, e.g. train.lr=3e-5")
+        p.add_argument("--force", action="store_true", help="redo work that is already finished / replace results")
+        if name in ("train", "predict"):
+            p.add_argument("--fold", type=int, action="append", metavar="K",
+                           help="only fold K (repeatable); default: every fold")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from dontstop.config import ConfigError, load_config
+    from dontstop.data import DataError
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.stage == "folds":
+            from dontstop.folds import run_folds
+            run_folds(cfg, force=args.force)
+        elif args.stage == "train":
+            from dontstop.train import run_train
+            run_train(cfg, folds=args.fold, force=args.force)
+        elif args.stage == "predict":
+            from dontstop.predict import run_predict
+            run_predict(cfg, folds=args.fold)
+    except (ConfigError, DataError, FileNotFoundError, FileExistsError, PermissionError, ValueError) as err:
+        if os.environ.get("DONTSTOP_DEBUG"):
+            raise
+        print(f"dontstop {args.stage}: error: {err}", file=sys.stderr)
+        return 2
+    return 0

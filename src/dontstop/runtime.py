@@ -1,0 +1,56 @@
+"""Process-level setup shared by the stages: the accelerate `Accelerator` and the run log.
+
+One process by default; `accelerate launch` or `torchrun` turns the same code into data-parallel training
+(the environment variables they set are what `Accelerator` reads), on GPUs or on CPU with gloo.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from dontstop.config import Config
+
+
+def resolve_mixed_precision(setting: str) -> str:
+    if setting != "auto":
+        if setting != "no" and not torch.cuda.is_available():
+            return "no"  # autocast on CPU would only slow the tiny models down; fp32 is the CPU default
+        return setting
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def make_accelerator(cfg: Config):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    kwargs = {}
+    if cfg.train.log_with:
+        kwargs.update(log_with=cfg.train.log_with, project_dir=str(cfg.oof_path / "trackers"))
+    return Accelerator(
+        mixed_precision=resolve_mixed_precision(cfg.train.mixed_precision),
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        # our batch sampler already fixes the order for a seed; accelerate must not reshuffle or re-seed it
+        dataloader_config=DataLoaderConfiguration(even_batches=True, use_seedable_sampler=False),
+        **kwargs,
+    )
+
+
+def make_logger(path: Path, is_main: bool):
+    """A `log(msg)` that prints to stderr (main process only) and appends to the run's log file."""
+    logger = logging.getLogger(f"dontstop.{path}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    if is_main and not logger.handlers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(path)
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(logging.Formatter("[dontstop] %(message)s"))
+        logger.addHandler(file_handler)
+        logger.addHandler(stream)
+    return logger.info
