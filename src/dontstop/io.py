@@ -17,6 +17,18 @@ from typing import Any, Iterator
 import pandas as pd
 
 
+def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """Create `path` if needed and prove we can write there, before any long work starts."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test.", delete=True)
+        probe.close()
+    except OSError as err:
+        raise PermissionError(f"{what} {path} is not writable: {err}") from err
+    return path
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""

@@ -101,6 +101,10 @@ class Pooler(nn.Module):
 class TextModel(nn.Module):
     def __init__(self, backbone: nn.Module, cfg: ModelConfig, n_outputs: int):
         super().__init__()
+        if getattr(backbone, "pooler", None) is not None:
+            # BERT-style pooler (dense + tanh on [CLS]) is never used by our pooling; an unused parameter
+            # would also stall DistributedDataParallel, which waits for its gradient
+            backbone.pooler = None
         self.backbone = backbone
         hidden = backbone.config.hidden_size
         n_hidden = getattr(backbone.config, "num_hidden_layers", 1) + 1
@@ -143,8 +147,16 @@ def build_model(cfg: ModelConfig, n_outputs: int, log=print) -> TextModel:
     if cfg.reinit_layers:
         reinit_top_layers(model, cfg.reinit_layers)
     if cfg.gradient_checkpointing:
-        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(backbone)
     return model
+
+
+def enable_checkpointing(backbone) -> None:
+    """Recompute activations in the backward pass; transformers renamed the switch in 5.2x."""
+    if hasattr(backbone, "activation_checkpointing_enable"):
+        backbone.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def reinit_top_layers(model: TextModel, n: int) -> None:

@@ -32,6 +32,8 @@ def make_accelerator(cfg: Config):
     if cfg.train.log_with:
         kwargs.update(log_with=cfg.train.log_with, project_dir=str(cfg.oof_path / "trackers"))
     return Accelerator(
+        # without a GPU, torchrun / accelerate launch processes must still join one gloo group
+        cpu=not torch.cuda.is_available(),
         mixed_precision=resolve_mixed_precision(cfg.train.mixed_precision),
         gradient_accumulation_steps=cfg.train.grad_accum,
         # our batch sampler already fixes the order for a seed; accelerate must not reshuffle or re-seed it

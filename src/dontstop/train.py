@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from dontstop import data as D
 from dontstop.config import Config, dump_config
 from dontstop.folds import read_fold_file
-from dontstop.io import write_csv, write_json, write_text
+from dontstop.io import ensure_writable_dir, write_csv, write_json, write_text
 from dontstop.metrics import get_metric, score
 from dontstop.models import build_model, load_tokenizer, parameter_groups, save_fold_model
 from dontstop.predict import make_loader, predict_raw, predictions_frame, to_predictions
@@ -35,6 +35,8 @@ _RESULT_NEUTRAL = {"stages", "train.num_workers", "train.log_with", "train.eval_
 
 
 def run_train(cfg: Config, folds: list[int] | None = None, force: bool = False) -> dict | None:
+    ensure_writable_dir(cfg.oof_path, "output directory (oof_dir)")
+    ensure_writable_dir(cfg.models_path, "model directory (models_dir)")
     accelerator = make_accelerator(cfg)
     log = make_logger(cfg.oof_path / "train.log", accelerator.is_main_process)
     comp = D.load_competition(cfg.competition, log=log)
