@@ -212,3 +212,37 @@ def test_two_process_data_parallel_on_cpu(tmp_path, tiny_bert):
     assert all(k not in scores["provenance"][f"fold{k}"] for k in range(3))
     record = json.loads((tmp_path / "oof" / "ddp" / "fold0.json").read_text())
     assert record["total_steps"] == 2 * 3  # 40 rows, batch 8 per process x 2 processes -> 3 steps an epoch
+
+
+def test_train_folds_script_runs_the_stages_with_folds_in_parallel(tmp_path, tiny_bert):
+    """scripts/train_folds.sh: folds then train; DONTSTOP_FOLD_GPUS spreads folds over processes."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_folds.sh"
+    write_competition(tmp_path, "regression")
+    cfg = write_config(tmp_path, "script", "regression", tiny_bert, stages=["folds", "train", "predict"])
+    env = {**os.environ, "DONTSTOP_FOLD_GPUS": "0,1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(["bash", str(script), str(cfg), "train.epochs=1"], capture_output=True, text=True,
+                            env=env, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "oof" / "script"
+    assert [f"== dontstop {s}" in result.stdout for s in ("folds", "train", "predict")] == [True] * 3
+    assert json.loads((out / "scores.json").read_text())["config"]["train"]["epochs"] == 1
+    assert (out / "submission.csv").is_file()
+    bad = subprocess.run(["bash", str(script), str(cfg), "train.nope=1"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown key 'train.nope'" in bad.stderr
+
+
+def test_class_missing_from_training_folds_is_refused(tmp_path, tiny_bert, capsys):
+    from dontstop.folds import write_fold_file
+
+    root = write_competition(tmp_path, "multiclass")
+    train = pd.read_csv(root / "train.csv", dtype={"id": str})
+    rare = train["topic"].value_counts().index[-1]
+    folds = np.where(train["topic"] == rare, 0, np.arange(len(train)) % 3)  # the rare class only in fold 0
+    cfg = write_config(tmp_path, "exp", "multiclass", tiny_bert)
+    write_fold_file(tmp_path / "input" / "folds" / "multiclass.csv", train["id"], folds, {"strategy": "custom"})
+    assert main(["train", str(cfg), "--fold", "0"]) == 2
+    assert f"class(es) ['{rare}'] never appear in the training folds" in capsys.readouterr().err
