@@ -246,3 +246,19 @@ def test_class_missing_from_training_folds_is_refused(tmp_path, tiny_bert, capsy
     write_fold_file(tmp_path / "input" / "folds" / "multiclass.csv", train["id"], folds, {"strategy": "custom"})
     assert main(["train", str(cfg), "--fold", "0"]) == 2
     assert f"class(es) ['{rare}'] never appear in the training folds" in capsys.readouterr().err
+
+
+def test_trackers_are_opt_in_and_checked(tmp_path, tiny_bert, capsys):
+    from accelerate.utils import is_tensorboard_available
+
+    write_competition(tmp_path, "regression")
+    cfg = write_config(tmp_path, "exp", "regression", tiny_bert)
+    run("folds", cfg)
+    assert main(["train", str(cfg), "train.log_with=[nosuchtracker]"]) == 2
+    assert "unknown tracker 'nosuchtracker'" in capsys.readouterr().err
+    if not is_tensorboard_available():
+        assert main(["train", str(cfg), "train.log_with=[tensorboard]"]) == 2
+        assert "'tensorboard' but it is not installed" in capsys.readouterr().err
+    else:
+        run("train", cfg, "train.log_with=[tensorboard]", "train.epochs=1")
+        assert list((tmp_path / "oof" / "exp" / "trackers").rglob("events.out.tfevents*"))

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "predict":
             from dontstop.predict import run_predict
             run_predict(cfg, folds=args.fold)
-    except (ConfigError, DataError, FileNotFoundError, FileExistsError, PermissionError, ValueError) as err:
+    except (ConfigError, DataError, FileNotFoundError, FileExistsError, PermissionError, ValueError, ImportError) as err:
         if os.environ.get("DONTSTOP_DEBUG"):
             raise
         print(f"dontstop {args.stage}: error: {err}", file=sys.stderr)

@@ -29,6 +29,7 @@ def make_accelerator(cfg: Config):
     from accelerate.utils import DataLoaderConfiguration
 
     kwargs = {}
+    _check_trackers(cfg.train.log_with)
     if cfg.train.log_with:
         kwargs.update(log_with=cfg.train.log_with, project_dir=str(cfg.oof_path / "trackers"))
     return Accelerator(
@@ -40,6 +41,18 @@ def make_accelerator(cfg: Config):
         dataloader_config=DataLoaderConfiguration(even_batches=True, use_seedable_sampler=False),
         **kwargs,
     )
+
+
+def _check_trackers(names: list[str]) -> None:
+    """accelerate skips a tracker that is not installed with only a warning; a configured one must work."""
+    from accelerate import utils
+
+    for name in names:
+        check = getattr(utils, f"is_{name}_available", None)
+        if check is None:
+            raise ValueError(f"train.log_with: unknown tracker {name!r} (e.g. tensorboard, wandb, mlflow)")
+        if not check():
+            raise ImportError(f"train.log_with lists {name!r} but it is not installed (pip install {name})")
 
 
 def make_logger(path: Path, is_main: bool):
