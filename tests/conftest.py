@@ -13,9 +13,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def build_tiny_bert(out_dir: Path, texts: list[str], hidden: int = 32, layers: int = 2) -> Path:
+def build_tiny_encoder(out_dir: Path, texts: list[str], model_type: str = "bert", hidden: int = 32,
+                       layers: int = 2) -> Path:
+    """A randomly initialised encoder of `model_type` (bert, roberta, deberta-v2, electra) with a WordPiece
+    vocabulary trained on `texts`, saved with its tokenizer as a local folder."""
+    import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import AutoConfig, AutoModel, BertTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
@@ -29,25 +33,32 @@ def build_tiny_bert(out_dir: Path, texts: list[str], hidden: int = 32, layers: i
     tokenizer = BertTokenizerFast(tokenizer_object=wordpiece, unk_token="[UNK]", pad_token="[PAD]",
                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
                                   model_max_length=128)
-    config = BertConfig(vocab_size=wordpiece.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=2, intermediate_size=hidden * 2, max_position_embeddings=128,
-                        pad_token_id=0)
-    import torch
+    shape = dict(vocab_size=wordpiece.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers,
+                 num_attention_heads=2, intermediate_size=hidden * 2, max_position_embeddings=130, pad_token_id=0)
+    if model_type == "electra":
+        shape["embedding_size"] = hidden
+    if model_type == "deberta-v2":  # the DeBERTa-v3 layout: relative positions, no absolute embeddings
+        shape.update(relative_attention=True, pos_att_type=["p2c", "c2p"], position_biased_input=False,
+                     max_relative_positions=-1, type_vocab_size=0)
     torch.manual_seed(0)
-    BertModel(config).save_pretrained(out_dir)
+    AutoModel.from_config(AutoConfig.for_model(model_type, **shape)).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> Path:
+def demo_texts() -> list[str]:
     from dontstop.demo import make_competition
 
     texts = []
     for task in ("regression", "multiclass"):
         frames = make_competition(task, n_train=200, n_test=0, n_pool=0, seed=123)
         texts += frames["train"]["text"].tolist() + frames["train"]["title"].tolist()
-    return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), texts)
+    return texts
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return build_tiny_encoder(tmp_path_factory.mktemp("tiny_bert"), demo_texts())
 
 
 TARGETS = {

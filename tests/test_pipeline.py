@@ -262,3 +262,20 @@ def test_trackers_are_opt_in_and_checked(tmp_path, tiny_bert, capsys):
     else:
         run("train", cfg, "train.log_with=[tensorboard]", "train.epochs=1")
         assert list((tmp_path / "oof" / "exp" / "trackers").rglob("events.out.tfevents*"))
+
+
+@pytest.mark.parametrize("model_type", ["roberta", "deberta-v2", "electra"])
+def test_other_encoder_families_train(tmp_path, model_type):
+    """RoBERTa, DeBERTa-v3-style (no SDPA: falls back) and ELECTRA shapes, built from their configs."""
+    from conftest import build_tiny_encoder, demo_texts
+    from dontstop.config import ModelConfig
+    from dontstop.models import build_model, parameter_groups
+
+    backbone = build_tiny_encoder(tmp_path / model_type, demo_texts(), model_type=model_type)
+    model = build_model(ModelConfig(backbone=str(backbone)), n_outputs=1)
+    lrs = {g["lr"] for g in parameter_groups(model, 1e-4, 1e-3, 0.5, 0.01)}
+    assert {1e-3, 1e-4, 0.5e-4, 0.25e-4} <= {round(lr, 12) for lr in lrs}  # head, 2 layers, embeddings
+    _, out = run_experiment(tmp_path, backbone, "regression", model={"reinit_layers": 1, "pooling": "attention"},
+                            train={"epochs": 1, "layerwise_lr_decay": 0.5})
+    scores = json.loads((out / "scores.json").read_text())
+    assert np.isfinite(scores["cv"]) and len(scores["fold_scores"]) == 3
