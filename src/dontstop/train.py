@@ -51,7 +51,9 @@ def run_train(cfg: Config, folds: list[int] | None = None, force: bool = False) 
         _guard_output_dir(cfg, force, todo)
     accelerator.wait_for_everyone()
     if cfg.train.log_with:
-        accelerator.init_trackers(cfg.experiment, config=_flat(cfg.to_dict()))
+        # trackers take scalar hyper-parameters only (tensorboard's hparams refuse lists and None)
+        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in _flat(cfg.to_dict()).items()}
+        accelerator.init_trackers(cfg.experiment, config=hparams)
 
     tokenizer = load_tokenizer(cfg.model.backbone)
     encodings = D.tokenize(comp, comp.train, tokenizer, cfg.model.max_length)
