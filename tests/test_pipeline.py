@@ -279,3 +279,14 @@ def test_other_encoder_families_train(tmp_path, model_type):
                             train={"epochs": 1, "layerwise_lr_decay": 0.5})
     scores = json.loads((out / "scores.json").read_text())
     assert np.isfinite(scores["cv"]) and len(scores["fold_scores"]) == 3
+
+
+def test_new_fold_file_retrains_folds_made_on_the_old_one(tmp_path, tiny_bert):
+    cfg, out = run_experiment(tmp_path, tiny_bert)
+    old_hash = json.loads((out / "scores.json").read_text())["fold_file_hash"]
+    run("folds", cfg, "folds.seed=1", "folds.file=" + str(tmp_path / "input" / "folds" / "regression.csv"), "--force")
+    run("train", cfg)  # same experiment config, but the split changed: every fold is retrained
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["fold_file_hash"] != old_hash
+    assert all(json.loads((out / f"fold{k}.json").read_text())["fold_file_hash"] == scores["fold_file_hash"]
+               for k in range(3))

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from dontstop import data as D
 from dontstop.config import Config, dump_config
 from dontstop.folds import read_fold_file
-from dontstop.io import ensure_writable_dir, write_csv, write_json, write_text
+from dontstop.io import ensure_writable_dir, read_json, write_csv, write_json, write_text
 from dontstop.metrics import get_metric, score
 from dontstop.models import build_model, load_tokenizer, parameter_groups, save_fold_model
 from dontstop.predict import make_loader, predict_raw, predictions_frame, to_predictions
@@ -64,15 +64,17 @@ def run_train(cfg: Config, folds: list[int] | None = None, force: bool = False) 
         f"metric {cfg.competition.metric}, device {accelerator.device}, processes {accelerator.num_processes}, "
         f"mixed precision {accelerator.mixed_precision}")
     for k in todo:
-        if _fold_done(cfg, k):
+        if _fold_done(cfg, k, fold_hash):
             log(f"fold {k}: finished earlier, skipped (use --force to retrain)")
             continue
+        if (cfg.oof_path / f"fold{k}.json").is_file():
+            log(f"fold {k}: its results were made on another fold file or are incomplete; retraining")
         train_fold(cfg, comp, k, fold_of, encodings, test_encodings, targets, tokenizer, accelerator, log,
                    fold_hash)
     if cfg.train.log_with:
         accelerator.end_training()
-    if not all(_fold_done(cfg, k) for k in range(n_folds)):
-        missing = [k for k in range(n_folds) if not _fold_done(cfg, k)]
+    missing = [k for k in range(n_folds) if not _fold_done(cfg, k, fold_hash)]
+    if missing:
         log(f"folds {missing} are not finished yet: oof.csv and scores.json are written once they are")
         return None
     if not accelerator.is_main_process:
@@ -81,8 +83,12 @@ def run_train(cfg: Config, folds: list[int] | None = None, force: bool = False) 
     return scores
 
 
-def _fold_done(cfg: Config, k: int) -> bool:
-    return (cfg.oof_path / f"fold{k}.json").is_file() and (cfg.models_path / f"fold{k}" / "model.safetensors").is_file()
+def _fold_done(cfg: Config, k: int, fold_hash: str) -> bool:
+    """Finished = its record (written last) and weights exist, made on the current fold file."""
+    record = cfg.oof_path / f"fold{k}.json"
+    if not record.is_file() or not (cfg.models_path / f"fold{k}" / "model.safetensors").is_file():
+        return False
+    return read_json(record).get("fold_file_hash") == fold_hash
 
 
 def _comparable(cfg_dict: dict) -> dict:
