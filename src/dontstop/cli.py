@@ -7,6 +7,7 @@ import sys
 
 STAGES = {
     "folds": "write the competition's fold file (id -> fold), shared by every experiment",
+    "mlm": "continued masked-LM pretraining on the competition text -> models/mlm/<name>/",
     "train": "K-fold fine-tuning: OOF + test predictions, scores.json, submission.csv",
     "predict": "re-predict the test set from the saved fold models",
 }
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage == "folds":
             from dontstop.folds import run_folds
             run_folds(cfg, force=args.force)
+        elif args.stage == "mlm":
+            from dontstop.mlm import run_mlm
+            run_mlm(cfg, force=args.force)
         elif args.stage == "train":
             from dontstop.train import run_train
             run_train(cfg, folds=args.fold, force=args.force)

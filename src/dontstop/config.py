@@ -91,6 +91,48 @@ class TrainConfig:
 
 
 @dataclass
+class CorpusFile:
+    path: str = REQUIRED  # csv / parquet (one column of text) or txt (one document per line)
+    column: str = "text"  # csv / parquet only
+    repeat: int = 1  # how many times its documents enter the corpus (a weight for in-domain text)
+
+
+@dataclass
+class MlmConfig:
+    """Continued masked-LM pretraining (DAPT / TAPT) on the competition's own text: `dontstop mlm`."""
+    name: Optional[str] = None  # output folder models/mlm/<name>/; default: the experiment id
+    backbone: Optional[str] = None  # what to pretrain; default: model.backbone of this config
+    use_train_text: bool = True  # competition train + test texts: no labels are read, so no leak
+    use_test_text: bool = True
+    extra: list[CorpusFile] = field(default_factory=list)  # more unlabelled text (e.g. a pseudo-label pool)
+    holdout_fraction: float = 0.05  # documents held out to measure perplexity and stop early
+    packing: str = "packed"  # packed: documents concatenated into full blocks | line_by_line: one per sequence
+    max_length: int = 128  # block / window length in tokens, special tokens included
+    mlm_probability: float = 0.15
+    mask_replace_prob: float = 0.8  # of the chosen tokens: -> [MASK]
+    random_replace_prob: float = 0.1  # -> a random token; the rest stay as they are
+    masking: str = "whole_word"  # token | whole_word | span
+    span_mean: float = 3.0  # span masking: mean span length in words (geometric), capped at span_max
+    span_max: int = 10
+    selective_strength: float = 0.0  # >0: task-guided masking, token weights from the training folds' labels
+    head_warmup_steps: int = 0  # train only a freshly initialised MLM head first, so it cannot wreck the body
+    epochs: float = 3
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    scheduler: str = "linear"
+    optimizer: str = "adamw"
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = False
+    eval_every: int = 200  # optimizer steps between held-out evaluations (and resumable checkpoints)
+    early_stopping_patience: int = 0
+    seed: int = 42
+
+
+@dataclass
 class Config:
     experiment: str = ""  # set from the file name; not a YAML key
     base: Optional[str] = None
@@ -101,6 +143,7 @@ class Config:
     folds: FoldsConfig = field(default_factory=FoldsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    mlm: MlmConfig = field(default_factory=MlmConfig)
 
     @property
     def oof_path(self) -> Path:
@@ -130,6 +173,10 @@ CHOICES = {
     "train.scheduler": ("linear", "cosine", "constant"),
     "train.loss": ("auto", "mse", "smooth_l1", "bce", "ce"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
+    "mlm.packing": ("packed", "line_by_line"),
+    "mlm.masking": ("token", "whole_word", "span"),
+    "mlm.scheduler": ("linear", "cosine", "constant"),
+    "mlm.optimizer": ("adamw", "adamw_8bit"),
 }
 
 
@@ -264,6 +311,10 @@ def _coerce(value: Any, hint: Any, key: str, file: str) -> Any:
         raise errors[0]
     if origin is list:
         (item_type,) = typing.get_args(hint)
+        if dataclasses.is_dataclass(item_type):
+            if not isinstance(value, list):
+                raise ConfigError(f"{file}: key {key!r} must be a list of mappings, got {value!r}")
+            return [_build(item_type, v, f"{key}[{i}].", file, {}) for i, v in enumerate(value)]
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]  # `target_columns: score` means the one-item list
         if not isinstance(value, list):
@@ -326,6 +377,16 @@ def _check_values(cfg: Config, file: str) -> None:
             raise ConfigError(f"{file}: key {key!r} is out of range (got {_get(cfg, key)!r})")
     if not 0 < t.layerwise_lr_decay <= 1:
         raise ConfigError(f"{file}: key 'train.layerwise_lr_decay' must be in (0, 1], got {t.layerwise_lr_decay}")
+    m = cfg.mlm
+    if m.max_length < 8:
+        raise ConfigError(f"{file}: key 'mlm.max_length' (the block size) must be at least 8, got {m.max_length}")
+    if not 0 < m.mlm_probability < 1:
+        raise ConfigError(f"{file}: key 'mlm.mlm_probability' must be in (0, 1), got {m.mlm_probability}")
+    if min(m.mask_replace_prob, m.random_replace_prob) < 0 or m.mask_replace_prob + m.random_replace_prob > 1:
+        raise ConfigError(f"{file}: keys 'mlm.mask_replace_prob' + 'mlm.random_replace_prob' must be >= 0 and sum "
+                          f"to at most 1, got {m.mask_replace_prob} + {m.random_replace_prob}")
+    if not 0 <= m.holdout_fraction < 1:
+        raise ConfigError(f"{file}: key 'mlm.holdout_fraction' must be in [0, 1), got {m.holdout_fraction}")
     if not 0 <= t.ema_decay < 1:
         raise ConfigError(f"{file}: key 'train.ema_decay' must be in [0, 1), got {t.ema_decay}")
     from dontstop.metrics import get_metric

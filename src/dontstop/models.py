@@ -136,6 +136,10 @@ def build_model(cfg: ModelConfig, n_outputs: int, log=print) -> TextModel:
     _check_local(path)
     config = _backbone_config(path, cfg)
     kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the load report lists the unused MLM head / pooler once per fold: noise
     try:
         backbone = AutoModel.from_pretrained(path, config=config, **kwargs)
     except (ValueError, ImportError) as err:  # an architecture without SDPA support
@@ -143,6 +147,8 @@ def build_model(cfg: ModelConfig, n_outputs: int, log=print) -> TextModel:
             raise
         log(f"note: {cfg.attn_implementation} attention unavailable for {path} ({err}); using the default")
         backbone = AutoModel.from_pretrained(path, config=config)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     model = TextModel(backbone, cfg, n_outputs)
     if cfg.reinit_layers:
         reinit_top_layers(model, cfg.reinit_layers)
