@@ -167,3 +167,39 @@ def test_corpus_removes_duplicates_and_reads_no_labels(tmp_path, tiny_bert):
     assert repeats[-1] == 3 and docs.count(train["text"][0]) == 1
     cfg.competition.target_columns = ["no_such_column"]  # labels are never read
     assert len(collect_documents(cfg, log=lambda *_: None)[0]) == 73
+
+
+def test_task_guided_masking_is_per_fold_and_leak_checked(tmp_path, tiny_bert, capsys):
+    cfg = mlm_config(tmp_path, tiny_bert, epochs=1, selective_strength=2.0)
+    assert main(["mlm", str(cfg)]) == 2  # its masking reads labels: the fold file must exist first
+    assert "run `python -m dontstop folds" in capsys.readouterr().err
+    for stage in ("folds", "mlm", "train"):
+        assert main([stage, str(cfg)]) == 0
+    out = tmp_path / "models" / "mlm" / "tapt"
+    for k in range(3):
+        scores = json.loads((out / f"fold{k}" / "mlm_scores.json").read_text())
+        assert scores["label_folds"] == sorted({0, 1, 2} - {k})  # never its own fold's labels
+    assert (tmp_path / "oof" / "tapt" / "scores.json").is_file()
+    tampered = out / "fold1" / "mlm_scores.json"  # a checkpoint that claims to have seen fold 1's labels
+    tampered.write_text(json.dumps({**json.loads(tampered.read_text()), "label_folds": [0, 1, 2]}))
+    assert main(["train", str(cfg), "--fold", "1", "--force"]) == 2
+    assert "leak:" in capsys.readouterr().err
+
+
+def test_leak_guard_is_a_pure_check(tmp_path):
+    from dontstop.leak import LeakError, check_provenance, fold_backbone
+
+    check_provenance([0, 2, 3], fold=1, source="x")
+    check_provenance([], fold=0, source="x")
+    with pytest.raises(LeakError, match="x was fit on the labels of folds \\[0, 1\\], which include fold 1"):
+        check_provenance([1, 0], fold=1, source="x")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "mlm_scores.json").write_text(json.dumps({"label_folds": []}))
+    assert fold_backbone(str(plain), 3) == str(plain)
+    (plain / "mlm_scores.json").write_text(json.dumps({"label_folds": [0, 1, 2]}))  # one checkpoint, all labels
+    with pytest.raises(LeakError):
+        fold_backbone(str(plain), 0)
+    (tmp_path / "per" / "fold0").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="none for fold 1"):
+        fold_backbone(str(tmp_path / "per"), 1)

@@ -385,6 +385,8 @@ def _check_values(cfg: Config, file: str) -> None:
     if min(m.mask_replace_prob, m.random_replace_prob) < 0 or m.mask_replace_prob + m.random_replace_prob > 1:
         raise ConfigError(f"{file}: keys 'mlm.mask_replace_prob' + 'mlm.random_replace_prob' must be >= 0 and sum "
                           f"to at most 1, got {m.mask_replace_prob} + {m.random_replace_prob}")
+    if m.selective_strength > 0 and m.masking == "span":
+        raise ConfigError(f"{file}: key 'mlm.selective_strength' works with mlm.masking token or whole_word, not span")
     if not 0 <= m.holdout_fraction < 1:
         raise ConfigError(f"{file}: key 'mlm.holdout_fraction' must be in [0, 1), got {m.holdout_fraction}")
     if not 0 <= t.ema_decay < 1:

@@ -71,8 +71,9 @@ def load_mlm_model(path: str, log=print):
     return model, bool(head_missing)
 
 
-def make_batch(stream: TokenStream, seq_ids, tokenizer, rng, m, special_ids) -> dict:
-    """[CLS] tokens [SEP] per sequence, padded to the batch's longest, masked afresh with `rng`."""
+def make_batch(stream: TokenStream, seq_ids, tokenizer, rng, m, special_ids, vocab_weights=None) -> dict:
+    """[CLS] tokens [SEP] per sequence, padded to the batch's longest, masked afresh with `rng`; with
+    `vocab_weights` (task-guided masking) a token's chance of being masked scales with its weight."""
     lengths = [int(stream.seq_bounds[i, 1] - stream.seq_bounds[i, 0]) + 2 for i in seq_ids]
     width = max(lengths)
     ids = np.full((len(seq_ids), width), tokenizer.pad_token_id, dtype=np.int64)
@@ -91,7 +92,8 @@ def make_batch(stream: TokenStream, seq_ids, tokenizer, rng, m, special_ids) -> 
                                 vocab_size=len(tokenizer), special_ids=special_ids,
                                 mlm_probability=m.mlm_probability, mask_replace_prob=m.mask_replace_prob,
                                 random_replace_prob=m.random_replace_prob, strategy=m.masking,
-                                span_mean=m.span_mean, span_max=m.span_max)
+                                span_mean=m.span_mean, span_max=m.span_max,
+                                token_weights=None if vocab_weights is None else vocab_weights[ids])
     attention = (np.arange(width)[None, :] < np.asarray(lengths)[:, None]).astype(np.int64)
     return {"input_ids": torch.from_numpy(masked), "attention_mask": torch.from_numpy(attention),
             "labels": torch.from_numpy(labels)}
@@ -129,22 +131,58 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
     return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
 
 
-def run_mlm(cfg: Config, force: bool = False) -> dict:
-    from transformers import AutoTokenizer
-
-    from dontstop.models import enable_checkpointing, resolve_backbone
+def run_mlm(cfg: Config, force: bool = False) -> dict | list[dict]:
+    """One MLM run; or, with task-guided masking (its token weights come from labels), one run per fold k whose
+    weights are scored on the other folds' labels only, written to `<out>/fold<k>/` (leak-free by construction)."""
+    from dontstop.models import resolve_backbone
     from dontstop.runtime import make_accelerator, make_logger
 
-    m = cfg.mlm
     out = mlm_output_dir(cfg)
     ensure_writable_dir(out.parent, "MLM output directory")
     accelerator = make_accelerator(cfg)
     log = make_logger(out.parent / f"{out.name}.log", accelerator.is_main_process)
-    source = resolve_backbone(m.backbone or cfg.model.backbone)
+    source = resolve_backbone(cfg.mlm.backbone or cfg.model.backbone)
     docs, repeats = collect_documents(cfg, log)
+    if cfg.mlm.selective_strength <= 0:
+        return _train_mlm(cfg, out, source, docs, repeats, force, accelerator, log)
+    from transformers import AutoTokenizer
+
+    from dontstop import data as D
+    from dontstop.folds import read_fold_file
+    from dontstop.masking import token_importance
+
+    comp = D.load_competition(cfg.competition, log=log, need_test=False)
+    fold_table, fold_hash = read_fold_file(cfg.fold_file, expected_ids=comp.train[cfg.competition.id_column])
+    fold_of = fold_table.set_index("id")["fold"].reindex(comp.train[cfg.competition.id_column]).to_numpy()
+    tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
+    texts = comp.train[cfg.competition.text_columns].astype(str).agg("\n".join, axis=1).tolist()
+    token_ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    targets = D.target_matrix(comp)
+    results = []
+    for k in range(int(fold_of.max()) + 1):
+        label_rows = np.flatnonzero(fold_of != k)  # the leak rule: fold k's labels never shape its masking
+        weights = token_importance([token_ids[i] for i in label_rows], targets[label_rows], len(tokenizer),
+                                   strength=cfg.mlm.selective_strength)
+        label_folds = sorted(set(int(f) for f in fold_of[label_rows]))
+        log(f"mlm fold {k}: task-guided masking from the labels of folds {label_folds}")
+        results.append(_train_mlm(cfg, out / f"fold{k}", source, docs, repeats, force, accelerator, log,
+                                  vocab_weights=weights, label_folds=label_folds, extra_hash=f"{fold_hash}:{k}"))
+    if accelerator.is_main_process:
+        tokenizer.save_pretrained(out)  # fine-tuning reads the tokenizer from the top folder
+    return results
+
+
+def _train_mlm(cfg: Config, out: Path, source: str, docs: list[str], repeats: list[int], force: bool, accelerator,
+               log, vocab_weights: np.ndarray | None = None, label_folds: list[int] = (), extra_hash: str = "") -> dict:
+    from transformers import AutoTokenizer
+
+    from dontstop.models import enable_checkpointing
+
+    m = cfg.mlm
+    ensure_writable_dir(out, "MLM output directory")
     settings = {k: v for k, v in cfg.to_dict()["mlm"].items() if k not in ("name", "eval_batch_size")}
     run_hash = hashlib.sha256(json.dumps({"corpus": corpus_hash(docs, repeats), "backbone": str(source),
-                                          "settings": settings}, sort_keys=True).encode()).hexdigest()
+                                          "settings": settings, "labels": extra_hash}, sort_keys=True).encode()).hexdigest()
     run_file = out / "mlm_run.json"
     if not force and run_file.is_file() and read_json(run_file).get("run_hash") == run_hash:
         log(f"mlm: {out} already holds this exact run (corpus + settings hash {run_hash[:12]}); skipped")
@@ -225,7 +263,8 @@ def run_mlm(cfg: Config, force: bool = False) -> dict:
             rng = np.random.default_rng([m.seed, epoch, b, accelerator.process_index])
             torch.manual_seed(m.seed * 100_003 + step * 131 + micro)  # dropout fixed by the step: resume = rerun
             batch = {k: v.to(accelerator.device) for k, v in
-                     make_batch(train_stream, epoch_cache[epoch][b], tokenizer, rng, m, special_ids).items()}
+                     make_batch(train_stream, epoch_cache[epoch][b], tokenizer, rng, m, special_ids,
+                                vocab_weights).items()}
             with accelerator.autocast():
                 loss_sum, _, count = net(**batch)
                 loss = loss_sum / count.clamp(min=1) / m.grad_accum
@@ -273,7 +312,9 @@ def run_mlm(cfg: Config, force: bool = False) -> dict:
         "n_documents": len(docs), "n_heldout_documents": int(held.sum()), "n_train_tokens": int(len(train_stream.tokens)),
         "n_sequences": n_train, "wall_time_s": round(wall, 2),
         "train_tokens_per_s": round(trained_tokens / max(time.time() - session_start, 1e-9), 1), "history": state["history"],
-        "corpus_hash": corpus_hash(docs, repeats), "run_hash": run_hash, "label_folds": [], "config": settings,
+        "corpus_hash": corpus_hash(docs, repeats), "run_hash": run_hash, "config": settings,
+        # label provenance: folds whose labels shaped this checkpoint (task-guided masking); [] = none
+        "label_folds": list(label_folds),
     }
     if accelerator.is_main_process:
         final.save_pretrained(out)

@@ -10,6 +10,7 @@ as finished only when everything is on disk. When every fold is finished it asse
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import shutil
 import time
@@ -25,7 +26,8 @@ from dontstop.config import Config, dump_config
 from dontstop.folds import read_fold_file
 from dontstop.io import ensure_writable_dir, read_json, write_csv, write_json, write_text
 from dontstop.metrics import get_metric, score
-from dontstop.models import build_model, load_tokenizer, parameter_groups, save_fold_model
+from dontstop.leak import fold_backbone
+from dontstop.models import build_model, load_tokenizer, parameter_groups, resolve_backbone, save_fold_model
 from dontstop.predict import make_loader, predict_raw, predictions_frame, to_predictions
 from dontstop.report import assemble_outputs
 from dontstop.runtime import make_accelerator, make_logger
@@ -206,7 +208,8 @@ def train_fold(cfg: Config, comp: D.Competition, k: int, fold_of: np.ndarray, en
                                multiple_of=multiple_of, num_workers=t.num_workers)
     valid_loader = make_loader(valid_set, t.eval_batch_size, pad_id, shuffle=False, multiple_of=multiple_of)
 
-    model = build_model(cfg.model, n_outputs=targets.shape[1], log=log)
+    backbone = fold_backbone(resolve_backbone(cfg.model.backbone), k)  # per-fold MLM checkpoints, leak-checked
+    model = build_model(dataclasses.replace(cfg.model, backbone=backbone), n_outputs=targets.shape[1], log=log)
     optimizer = make_optimizer(cfg, model, accelerator.device)
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / t.batch_size / accelerator.num_processes) / t.grad_accum)
     total_steps = max(1, int(math.ceil(steps_per_epoch * t.epochs)))
