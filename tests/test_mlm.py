@@ -203,3 +203,36 @@ def test_leak_guard_is_a_pure_check(tmp_path):
     (tmp_path / "per" / "fold0").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="none for fold 1"):
         fold_backbone(str(tmp_path / "per"), 1)
+
+
+def test_a_backbone_with_a_head_keeps_it_and_early_stopping(tmp_path, tiny_bert, capsys):
+    cfg = mlm_config(tmp_path, tiny_bert, epochs=1)
+    assert main(["mlm", str(cfg)]) == 0
+    first = tmp_path / "models" / "mlm" / "tapt"
+    assert main(["mlm", str(cfg), f"mlm.backbone={first}", "mlm.name=second", "mlm.lr=0.0", "mlm.epochs=20",
+                 "mlm.eval_every=2", "mlm.early_stopping_patience=2", "mlm.warmup_ratio=0.0"]) == 0
+    err = capsys.readouterr().err
+    assert f"kept the MLM head of {first}" in err and "early stop" in err
+    scores = json.loads((tmp_path / "models" / "mlm" / "second" / "mlm_scores.json").read_text())
+    assert scores["head_initialised"] is False
+    assert scores["steps"] < scores["total_steps"] and len(scores["history"]) == 3  # lr 0: never improves
+    assert scores["perplexity_after"] == pytest.approx(scores["perplexity_before"], rel=1e-6)
+
+
+def test_mlm_two_process_data_parallel_on_cpu(tmp_path, tiny_bert):
+    import os
+    import subprocess
+    import sys
+
+    cfg = mlm_config(tmp_path, tiny_bert, epochs=1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "dontstop", "mlm", str(cfg), "mlm.grad_accum=2"],
+                            capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads((tmp_path / "models" / "mlm" / "tapt" / "mlm_scores.json").read_text())
+    single = json.loads(json.dumps(scores))
+    assert np.isfinite(scores["perplexity_after"]) and scores["steps"] == scores["total_steps"]
+    # two processes share each epoch's batches: half the optimizer steps of one process (grad_accum 2)
+    n_batches = -(-single["n_sequences"] // MLM["batch_size"])
+    assert scores["total_steps"] == max(1, (n_batches // 2) // 2)

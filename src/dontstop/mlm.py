@@ -102,6 +102,7 @@ def make_batch(stream: TokenStream, seq_ids, tokenizer, rng, m, special_ids, voc
 @torch.no_grad()
 def evaluate(net, stream: TokenStream, tokenizer, m, special_ids, accelerator) -> dict:
     """Held-out loss / perplexity / accuracy over masked tokens, summed batch by batch (no logits kept)."""
+    net = accelerator.unwrap_model(net)  # no DDP wrapper: processes may hold different numbers of batches
     net.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
     order = np.argsort(stream.seq_bounds[:, 1] - stream.seq_bounds[:, 0])
