@@ -90,6 +90,7 @@ def main(argv=None) -> int:
         with accelerator.autocast():
             loss_sum, _, count = net(**batch)
         accelerator.backward(loss_sum / count)
+        accelerator.clip_grad_norm_(net.parameters(), 1.0)  # as Trainer's default max_grad_norm
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         sync(device)

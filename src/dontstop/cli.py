@@ -11,6 +11,7 @@ STAGES = {
     "train": "K-fold fine-tuning: OOF + test predictions, scores.json, submission.csv",
     "predict": "re-predict the test set from the saved fold models",
 }
+OTHER = {"compare": "local leaderboard of every experiment under oof/ (no config)"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("train", "predict"):
             p.add_argument("--fold", type=int, action="append", metavar="K",
                            help="only fold K (repeatable); default: every fold")
+    p = sub.add_parser("compare", help=OTHER["compare"], description=OTHER["compare"])
+    p.add_argument("root", nargs="?", default="oof", help="folder of experiments (default: oof)")
+    p.add_argument("--baseline", metavar="EXP", help="add per-fold paired differences against EXP")
+    p.add_argument("--only", metavar="EXP", action="append", help="rank only these experiments (repeatable)")
+    p.add_argument("--csv", metavar="PATH", help="also write the table as CSV")
+    p.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown")
+    p.add_argument("--plot", metavar="DIR", help="write fold_scores.png and oof_correlation.png into DIR")
     return parser
 
 
@@ -37,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     from dontstop.data import DataError
 
     try:
+        if args.stage == "compare":
+            from dontstop.compare import run_compare
+            run_compare(args.root, args.baseline, args.only, args.csv, args.markdown, args.plot)
+            return 0
         cfg = load_config(args.config, args.overrides)
         if args.stage == "folds":
             from dontstop.folds import run_folds
