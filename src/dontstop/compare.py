@@ -28,6 +28,9 @@ def load_experiments(root: Path) -> tuple[list[dict], list[dict]]:
         scores_file = folder / "scores.json"
         if scores_file.is_file():
             scores = json.loads(scores_file.read_text())
+            missing = [k for k in ("metric", "greater_is_better", "cv", "fold_scores", "fold_file_hash") if k not in scores]
+            if missing:
+                raise CompareError(f"{scores_file} lacks {missing}: not a dontstop result, or a damaged one")
             scores["experiment"] = folder.name
             finished.append(scores)
         elif list(folder.glob("fold*.json")):
@@ -61,7 +64,7 @@ def check_comparable(experiments: list[dict], root: Path) -> None:
 
 def _stages(e: dict) -> str:
     cfg = e.get("config", {})
-    used = [s for s in e.get("stages", []) if s in ("mlm", "pseudo", "distill")]
+    used = [s for s in e.get("stages", []) if s in ("mlm", "pseudo", "distill", "ensemble")]
     if "mlm" not in used and "models/mlm" in str(cfg.get("model", {}).get("backbone", "")):
         used.insert(0, "mlm")
     return "+".join(used) or "-"

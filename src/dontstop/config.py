@@ -133,6 +133,14 @@ class MlmConfig:
 
 
 @dataclass
+class EnsembleConfig:
+    """`dontstop ensemble`: blend finished experiments' OOF predictions; weights are nested per fold."""
+    members: list[str] = field(default_factory=list)  # experiment ids or globs under oof_dir
+    method: str = "hill_climb"  # hill_climb | optimize | rank_average | stack
+    per_target: bool = False  # multi-target tasks: weights per target column
+
+
+@dataclass
 class Config:
     experiment: str = ""  # set from the file name; not a YAML key
     base: Optional[str] = None
@@ -144,6 +152,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mlm: MlmConfig = field(default_factory=MlmConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
     @property
     def oof_path(self) -> Path:
@@ -173,6 +182,7 @@ CHOICES = {
     "train.scheduler": ("linear", "cosine", "constant"),
     "train.loss": ("auto", "mse", "smooth_l1", "bce", "ce"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
+    "ensemble.method": ("hill_climb", "optimize", "rank_average", "stack"),
     "mlm.packing": ("packed", "line_by_line"),
     "mlm.masking": ("token", "whole_word", "span"),
     "mlm.scheduler": ("linear", "cosine", "constant"),
