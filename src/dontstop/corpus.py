@@ -48,12 +48,13 @@ def collect_documents(cfg: Config, log=print) -> tuple[list[str], list[int]]:
     for extra in m.extra:
         sources.append((read_corpus_file(extra.path, extra.column), extra.repeat, extra.path))
     repeat_of: dict[str, int] = {}
-    seen_keys: set[str] = set()
+    seen_keys: set[bytes] = set()  # 16-byte digests, not a second copy of the corpus
     for texts, repeat, name in sources:
         added = 0
         for text in texts:
-            key = re.sub(r"\s+", " ", text).strip().lower()
-            if not key or key in seen_keys:
+            folded = re.sub(r"\s+", " ", text).strip().lower()
+            key = hashlib.blake2b(folded.encode(), digest_size=16).digest()
+            if not folded or key in seen_keys:
                 continue  # exact duplicates (after whitespace / case folding) would over-weight a text
             seen_keys.add(key)
             repeat_of[text] = repeat
