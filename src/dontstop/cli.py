@@ -10,6 +10,7 @@ STAGES = {
     "mlm": "continued masked-LM pretraining on the competition text -> models/mlm/<name>/",
     "train": "K-fold fine-tuning: OOF + test predictions, scores.json, submission.csv",
     "predict": "re-predict the test set from the saved fold models",
+    "pseudo": "leak-free pseudo-labels: teacher fold k labels the unlabelled pool for student fold k",
     "ensemble": "blend finished experiments' OOF predictions (nested, honest CV) -> weights.json, submission",
 }
 OTHER = {"compare": "local leaderboard of every experiment under oof/ (no config)"}
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "train":
             from dontstop.train import run_train
             run_train(cfg, folds=args.fold, force=args.force)
+        elif args.stage == "pseudo":
+            from dontstop.pseudo import run_pseudo
+            run_pseudo(cfg)
         elif args.stage == "ensemble":
             from dontstop.ensemble import run_ensemble
             run_ensemble(cfg)

@@ -133,6 +133,21 @@ class MlmConfig:
 
 
 @dataclass
+class PseudoConfig:
+    """`dontstop pseudo`: teacher fold k (trained without fold k) labels an unlabelled pool for student fold k."""
+    teacher: Optional[str] = None  # a finished experiment id; its models/<teacher>/fold<k>/ label the pool
+    pool: Optional[str] = None  # csv with the competition's text columns (an id column is optional)
+    label_test: bool = False  # also pseudo-label the competition's test set
+    threshold: float = 0.0  # classification: keep rows whose confidence (max probability; every label for
+    # multilabel) is at least this; 0 keeps all
+    fraction: float = 1.0  # sample this fraction of the kept rows (seeded per fold)
+    balance: bool = False  # classification: equal rows per predicted class
+    soft: bool = True  # soft labels (probabilities) or hard ones (argmax / 0-1)
+    weight: float = 1.0  # loss weight of a pseudo row (real rows weigh 1)
+    seed: int = 42
+
+
+@dataclass
 class EnsembleConfig:
     """`dontstop ensemble`: blend finished experiments' OOF predictions; weights are nested per fold."""
     members: list[str] = field(default_factory=list)  # experiment ids or globs under oof_dir
@@ -153,6 +168,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     mlm: MlmConfig = field(default_factory=MlmConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
 
     @property
     def oof_path(self) -> Path:
@@ -399,6 +415,12 @@ def _check_values(cfg: Config, file: str) -> None:
         raise ConfigError(f"{file}: key 'mlm.selective_strength' works with mlm.masking token or whole_word, not span")
     if not 0 <= m.holdout_fraction < 1:
         raise ConfigError(f"{file}: key 'mlm.holdout_fraction' must be in [0, 1), got {m.holdout_fraction}")
+    ps = cfg.pseudo
+    if "pseudo" in cfg.stages and not (ps.teacher and (ps.pool or ps.label_test)):
+        raise ConfigError(f"{file}: stage 'pseudo' needs 'pseudo.teacher' and 'pseudo.pool' (or pseudo.label_test)")
+    if not 0 < ps.fraction <= 1 or not 0 <= ps.threshold < 1 or ps.weight < 0:
+        raise ConfigError(f"{file}: keys 'pseudo.fraction' (0, 1], 'pseudo.threshold' [0, 1) and 'pseudo.weight' "
+                          f">= 0 are out of range ({ps.fraction}, {ps.threshold}, {ps.weight})")
     if not 0 <= t.ema_decay < 1:
         raise ConfigError(f"{file}: key 'train.ema_decay' must be in [0, 1), got {t.ema_decay}")
     from dontstop.metrics import get_metric

@@ -29,6 +29,7 @@ from dontstop.metrics import get_metric, score
 from dontstop.leak import fold_backbone
 from dontstop.models import build_model, load_tokenizer, parameter_groups, resolve_backbone, save_fold_model
 from dontstop.predict import make_loader, predict_raw, predictions_frame, to_predictions
+from dontstop.pseudo import pseudo_rows
 from dontstop.report import assemble_outputs
 from dontstop.runtime import make_accelerator, make_logger
 
@@ -202,7 +203,19 @@ def train_fold(cfg: Config, comp: D.Competition, k: int, fold_of: np.ndarray, en
     loss_kind = resolve_loss(task, t.loss)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     multiple_of = 8 if accelerator.device.type == "cuda" else 1
-    train_set = D.TextDataset([encodings[i] for i in train_idx], train_targets.astype(np.float32))
+    label_folds = set(int(f) for f in fold_of[train_idx])
+    train_encodings, weights = [encodings[i] for i in train_idx], None
+    extra = pseudo_rows(cfg, comp, k)  # leak-checked: none of them may come from fold k's labels
+    if extra is not None and len(extra):
+        extra_targets = extra[[f"pseudo_{name}" for name in comp.output_names]].to_numpy(np.float32)
+        if mean is not None:
+            extra_targets = (extra_targets - mean) / std
+        train_encodings += D.tokenize(comp, extra, tokenizer, cfg.model.max_length)
+        train_targets = np.concatenate([train_targets, extra_targets])
+        weights = np.concatenate([np.ones(len(train_idx)), extra["weight"].to_numpy(np.float64)]).astype(np.float32)
+        label_folds |= {int(f) for folds in extra["label_folds"].unique() for f in str(folds).split(",") if f}
+        log(f"fold {k}: + {len(extra)} pseudo-labelled rows (weight {extra['weight'].iloc[0]:g})")
+    train_set = D.TextDataset(train_encodings, train_targets.astype(np.float32), weights)
     valid_set = D.TextDataset([encodings[i] for i in valid_idx])
     train_loader = make_loader(train_set, t.batch_size, pad_id, shuffle=True, seed=t.seed + k,
                                multiple_of=multiple_of, num_workers=t.num_workers)
@@ -232,7 +245,7 @@ def train_fold(cfg: Config, comp: D.Competition, k: int, fold_of: np.ndarray, en
     head_info = {"task": task, "n_outputs": int(targets.shape[1]), "output_names": comp.output_names,
                  "target_mean": None if mean is None else mean.tolist(),
                  "target_std": None if std is None else std.tolist(), "model": cfg.model.__dict__,
-                 "fold": k, "trained_on_folds": sorted(set(int(f) for f in fold_of[train_idx])),
+                 "fold": k, "trained_on_folds": sorted(label_folds),
                  "fold_file_hash": fold_hash, "experiment": cfg.experiment}
     best = {"score": None, "step": 0, "preds": None}
     history, recent_states = [], collections.deque(maxlen=max(t.swa_last, 1))
