@@ -106,3 +106,44 @@ def test_leak_canary_permuted_labels_stay_at_chance(tmp_path, tiny_bert):
         assert abs(cv - 0.5) < 0.12, f"{exp} CV {cv:.3f} on permuted labels: something leaks"
     rows = pd.read_csv(tmp_path / "oof" / "student" / "pseudo_fold0.csv", dtype={"id": str})
     assert not rows["id"].str.startswith("p").any()
+
+
+def test_two_phase_schedule_and_a_second_round(tmp_path, tiny_bert, capsys):
+    root, _, student = teacher_and_student(tmp_path, tiny_bert, schedule="two_phase", phase1_epochs=2)
+    for stage in ("pseudo", "train"):
+        assert main([stage, str(student)]) == 0
+    err = capsys.readouterr().err
+    assert "phase 1 done" in err and "(two_phase, weight 0.5)" in err
+    # round 2: the round-1 student teaches, fold by fold; its provenance still excludes each fold
+    round2 = write_config(tmp_path, "round2", "binary", tiny_bert, stages=["folds", "pseudo", "train"],
+                          pseudo={"teacher": "student", "pool": str(root / "unlabelled.csv")})
+    for stage in ("pseudo", "train"):
+        assert main([stage, str(round2)]) == 0
+    scores = json.loads((tmp_path / "oof" / "round2" / "scores.json").read_text())
+    assert all(k not in scores["provenance"][f"fold{k}"] for k in range(3))
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_distillation_mixes_hard_and_teacher_fold_k_soft_labels(tmp_path, tiny_bert, task, capsys):
+    write_competition(tmp_path, task)
+    teacher = write_config(tmp_path, "teacher", task, tiny_bert)
+    student = write_config(tmp_path, "student", task, tiny_bert, stages=["folds", "distill", "train"],
+                           distill={"teacher": "teacher", "alpha": 0.3, "temperature": 2.0},
+                           model={"pooling": "cls"})  # a different student head is fine
+    for argv in (["folds", teacher], ["train", teacher], ["distill", student], ["train", student]):
+        assert main([argv[0], str(argv[1])]) == 0
+    out = tmp_path / "oof" / "student"
+    train = pd.read_csv(tmp_path / "input" / task / "train.csv", dtype={"id": str})
+    folds = pd.read_csv(tmp_path / "input" / "folds" / f"{task}.csv", dtype={"id": str}).set_index("id")["fold"]
+    for k in range(3):
+        soft = pd.read_csv(out / f"soft_fold{k}.csv", dtype={"id": str})
+        assert set(soft["id"]) == set(train["id"][folds.reindex(train["id"]).to_numpy() != k])  # training rows only
+        assert k not in json.loads((out / f"soft_fold{k}.json").read_text())["label_folds"]
+        if task == "multiclass":
+            values = soft[[c for c in soft.columns if c.startswith("soft_")]].to_numpy()
+            assert np.allclose(values.sum(1), 1, atol=1e-5) and values.max() < 0.999  # tempered probabilities
+    assert "targets = 0.3 * hard + 0.7 * soft labels of teacher/fold0" in capsys.readouterr().err
+    meta = out / "soft_fold0.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "label_folds": [0, 1, 2]}))
+    assert main(["train", str(student), "--fold", "0", "--force"]) == 2
+    assert "leak:" in capsys.readouterr().err

@@ -11,6 +11,7 @@ STAGES = {
     "train": "K-fold fine-tuning: OOF + test predictions, scores.json, submission.csv",
     "predict": "re-predict the test set from the saved fold models",
     "pseudo": "leak-free pseudo-labels: teacher fold k labels the unlabelled pool for student fold k",
+    "distill": "self-distillation: soft labels for fold k's training rows from teacher fold k",
     "ensemble": "blend finished experiments' OOF predictions (nested, honest CV) -> weights.json, submission",
 }
 OTHER = {"compare": "local leaderboard of every experiment under oof/ (no config)"}
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "pseudo":
             from dontstop.pseudo import run_pseudo
             run_pseudo(cfg)
+        elif args.stage == "distill":
+            from dontstop.distill import run_distill
+            run_distill(cfg)
         elif args.stage == "ensemble":
             from dontstop.ensemble import run_ensemble
             run_ensemble(cfg)

@@ -144,7 +144,17 @@ class PseudoConfig:
     balance: bool = False  # classification: equal rows per predicted class
     soft: bool = True  # soft labels (probabilities) or hard ones (argmax / 0-1)
     weight: float = 1.0  # loss weight of a pseudo row (real rows weigh 1)
+    schedule: str = "mixed"  # mixed: pseudo rows join the fold's rows | two_phase: pseudo rows first, then real
+    phase1_epochs: float = 1  # two_phase: epochs on the pseudo rows alone before the real fine-tuning
     seed: int = 42
+
+
+@dataclass
+class DistillConfig:
+    """`dontstop distill`: self-distillation; fold k trains on alpha * hard + (1 - alpha) * teacher-fold-k soft."""
+    teacher: Optional[str] = None  # a finished experiment id (any backbone: the student may differ)
+    alpha: float = 0.5  # weight of the hard (true) labels
+    temperature: float = 2.0  # classification: soft labels are softmax / sigmoid of teacher logits / T
 
 
 @dataclass
@@ -169,6 +179,7 @@ class Config:
     mlm: MlmConfig = field(default_factory=MlmConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     @property
     def oof_path(self) -> Path:
@@ -199,6 +210,7 @@ CHOICES = {
     "train.loss": ("auto", "mse", "smooth_l1", "bce", "ce"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
     "ensemble.method": ("hill_climb", "optimize", "rank_average", "stack"),
+    "pseudo.schedule": ("mixed", "two_phase"),
     "mlm.packing": ("packed", "line_by_line"),
     "mlm.masking": ("token", "whole_word", "span"),
     "mlm.scheduler": ("linear", "cosine", "constant"),
@@ -421,6 +433,12 @@ def _check_values(cfg: Config, file: str) -> None:
     if not 0 < ps.fraction <= 1 or not 0 <= ps.threshold < 1 or ps.weight < 0:
         raise ConfigError(f"{file}: keys 'pseudo.fraction' (0, 1], 'pseudo.threshold' [0, 1) and 'pseudo.weight' "
                           f">= 0 are out of range ({ps.fraction}, {ps.threshold}, {ps.weight})")
+    d = cfg.distill
+    if "distill" in cfg.stages and not d.teacher:
+        raise ConfigError(f"{file}: stage 'distill' needs 'distill.teacher' (a finished experiment id)")
+    if not 0 <= d.alpha <= 1 or d.temperature <= 0:
+        raise ConfigError(f"{file}: keys 'distill.alpha' must be in [0, 1] and 'distill.temperature' > 0 "
+                          f"(got {d.alpha}, {d.temperature})")
     if not 0 <= t.ema_decay < 1:
         raise ConfigError(f"{file}: key 'train.ema_decay' must be in [0, 1), got {t.ema_decay}")
     from dontstop.metrics import get_metric

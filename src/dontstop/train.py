@@ -195,27 +195,11 @@ def train_fold(cfg: Config, comp: D.Competition, k: int, fold_of: np.ndarray, en
     set_seed(t.seed + k)
     train_idx, valid_idx = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
     _check_fold_classes(comp, targets, train_idx, valid_idx, k)
-    train_targets = targets[train_idx]
-    mean = std = None
-    if task in ("regression", "multi_target_regression") and t.standardize_targets:
-        mean, std = train_targets.mean(0), train_targets.std(0) + 1e-6  # the training folds' statistics only
-        train_targets = (train_targets - mean) / std
     loss_kind = resolve_loss(task, t.loss)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     multiple_of = 8 if accelerator.device.type == "cuda" else 1
-    label_folds = set(int(f) for f in fold_of[train_idx])
-    train_encodings, weights = [encodings[i] for i in train_idx], None
-    extra = pseudo_rows(cfg, comp, k)  # leak-checked: none of them may come from fold k's labels
-    if extra is not None and len(extra):
-        extra_targets = extra[[f"pseudo_{name}" for name in comp.output_names]].to_numpy(np.float32)
-        if mean is not None:
-            extra_targets = (extra_targets - mean) / std
-        train_encodings += D.tokenize(comp, extra, tokenizer, cfg.model.max_length)
-        train_targets = np.concatenate([train_targets, extra_targets])
-        weights = np.concatenate([np.ones(len(train_idx)), extra["weight"].to_numpy(np.float64)]).astype(np.float32)
-        label_folds |= {int(f) for folds in extra["label_folds"].unique() for f in str(folds).split(",") if f}
-        log(f"fold {k}: + {len(extra)} pseudo-labelled rows (weight {extra['weight'].iloc[0]:g})")
-    train_set = D.TextDataset(train_encodings, train_targets.astype(np.float32), weights)
+    train_set, phase1_set, mean, std, label_folds = training_rows(cfg, comp, k, train_idx, fold_of, encodings,
+                                                                  targets, tokenizer, log)
     valid_set = D.TextDataset([encodings[i] for i in valid_idx])
     train_loader = make_loader(train_set, t.batch_size, pad_id, shuffle=True, seed=t.seed + k,
                                multiple_of=multiple_of, num_workers=t.num_workers)
@@ -223,6 +207,8 @@ def train_fold(cfg: Config, comp: D.Competition, k: int, fold_of: np.ndarray, en
 
     backbone = fold_backbone(resolve_backbone(cfg.model.backbone), k)  # per-fold MLM checkpoints, leak-checked
     model = build_model(dataclasses.replace(cfg.model, backbone=backbone), n_outputs=targets.shape[1], log=log)
+    if phase1_set is not None:
+        _train_phase1(cfg, model, phase1_set, loss_kind, pad_id, multiple_of, accelerator, k, log)
     optimizer = make_optimizer(cfg, model, accelerator.device)
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / t.batch_size / accelerator.num_processes) / t.grad_accum)
     total_steps = max(1, int(math.ceil(steps_per_epoch * t.epochs)))
@@ -342,6 +328,73 @@ def train_fold(cfg: Config, comp: D.Competition, k: int, fold_of: np.ndarray, en
     accelerator.free_memory()
     del model, optimizer, scheduler, ema
     accelerator.wait_for_everyone()
+
+
+def training_rows(cfg: Config, comp: D.Competition, k: int, train_idx, fold_of, encodings, targets, tokenizer, log):
+    """Fold k's training set: its rows' hard labels (mixed with teacher-fold-k soft labels when distilling) and
+    pseudo-labelled pool rows (joined, or kept apart for phase 1 of the two-phase schedule). Every soft / pseudo
+    input has its label provenance checked against fold k first. Returns (train_set, phase1_set or None,
+    target mean, target std, the set of folds whose labels went in)."""
+    from dontstop.distill import soft_targets
+
+    task, t = comp.spec.task, cfg.train
+    label_folds = set(int(f) for f in fold_of[train_idx])
+    train_targets = targets[train_idx]
+    mean = std = None
+    if task in ("regression", "multi_target_regression") and t.standardize_targets:
+        mean, std = train_targets.mean(0), train_targets.std(0) + 1e-6  # the training folds' real labels only
+    distilled = soft_targets(cfg, comp, k, comp.train[comp.spec.id_column].to_numpy()[train_idx])
+    if distilled is not None:
+        alpha = cfg.distill.alpha
+        train_targets = alpha * train_targets + (1 - alpha) * distilled[0]
+        label_folds |= set(distilled[1])
+        log(f"fold {k}: targets = {alpha:g} * hard + {1 - alpha:g} * soft labels of {cfg.distill.teacher}/fold{k}")
+    scale = (lambda y: (y - mean) / std) if mean is not None else (lambda y: y)  # noqa: E731
+    train_encodings, weights = [encodings[i] for i in train_idx], None
+    train_targets, phase1_set = scale(train_targets), None
+    extra = pseudo_rows(cfg, comp, k)  # leak-checked: none of them may come from fold k's labels
+    if extra is not None and len(extra):
+        extra_targets = scale(extra[[f"pseudo_{name}" for name in comp.output_names]].to_numpy(np.float32))
+        extra_encodings = D.tokenize(comp, extra, tokenizer, cfg.model.max_length)
+        extra_weights = extra["weight"].to_numpy(np.float32)
+        label_folds |= {int(f) for folds in extra["label_folds"].unique() for f in str(folds).split(",") if f}
+        if cfg.pseudo.schedule == "two_phase":
+            phase1_set = D.TextDataset(extra_encodings, extra_targets.astype(np.float32), extra_weights)
+        else:
+            train_encodings += extra_encodings
+            train_targets = np.concatenate([train_targets, extra_targets])
+            weights = np.concatenate([np.ones(len(train_idx), np.float32), extra_weights])
+        log(f"fold {k}: + {len(extra)} pseudo-labelled rows ({cfg.pseudo.schedule}, weight {extra_weights[0]:g})")
+    return (D.TextDataset(train_encodings, train_targets.astype(np.float32), weights), phase1_set, mean, std,
+            label_folds)
+
+
+def _train_phase1(cfg: Config, model, dataset, loss_kind, pad_id, multiple_of, accelerator, k, log) -> None:
+    """Two-phase pseudo-labelling (the Feedback Prize ELL winners' scheme): first fit the pseudo rows alone,
+    then the caller fine-tunes on the real rows with a fresh optimizer and schedule."""
+    t = cfg.train
+    loader = make_loader(dataset, t.batch_size, pad_id, shuffle=True, seed=t.seed + 1000 + k, multiple_of=multiple_of)
+    optimizer = make_optimizer(cfg, model, accelerator.device)
+    steps = max(1, int(math.ceil(len(loader) * cfg.pseudo.phase1_epochs)))
+    scheduler = make_scheduler(cfg, optimizer, steps)
+    net, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    net.train()
+    done = 0
+    while done < steps:
+        for batch in loader:
+            with accelerator.autocast():
+                logits = net(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+            accelerator.backward(compute_loss(loss_kind, logits, batch["targets"], batch.get("weight")))
+            if t.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(net.parameters(), t.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            done += 1
+            if done >= steps:
+                break
+    log(f"fold {k}: phase 1 done, {steps} steps on {len(dataset)} pseudo-labelled rows")
+    accelerator.free_memory()
 
 
 def _constant_score(comp, targets, train_idx, valid_idx, metric_name) -> float:
