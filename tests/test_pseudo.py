@@ -147,3 +147,19 @@ def test_distillation_mixes_hard_and_teacher_fold_k_soft_labels(tmp_path, tiny_b
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "label_folds": [0, 1, 2]}))
     assert main(["train", str(student), "--fold", "0", "--force"]) == 2
     assert "leak:" in capsys.readouterr().err
+
+
+def test_train_folds_script_trains_a_missing_teacher_first(tmp_path, tiny_bert):
+    import subprocess
+    from pathlib import Path
+
+    root = write_competition(tmp_path, "regression")
+    write_config(tmp_path, "teacher", "regression", tiny_bert, train={"epochs": 1})
+    student = write_config(tmp_path, "student", "regression", tiny_bert, stages=["folds", "pseudo", "train"],
+                           train={"epochs": 1}, pseudo={"teacher": "teacher", "pool": str(root / "unlabelled.csv")})
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_folds.sh"
+    result = subprocess.run(["bash", str(script), str(student)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "teacher teacher is not finished" in result.stdout
+    assert (tmp_path / "oof" / "teacher" / "scores.json").is_file()
+    assert (tmp_path / "oof" / "student" / "scores.json").is_file()
