@@ -290,3 +290,14 @@ def test_new_fold_file_retrains_folds_made_on_the_old_one(tmp_path, tiny_bert):
     assert scores["fold_file_hash"] != old_hash
     assert all(json.loads((out / f"fold{k}.json").read_text())["fold_file_hash"] == scores["fold_file_hash"]
                for k in range(3))
+
+
+def test_a_config_saved_before_new_keys_existed_still_matches(tmp_path, tiny_bert):
+    import yaml
+
+    cfg, out = run_experiment(tmp_path, tiny_bert)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved["distill"], saved["pseudo"]["weight"]  # as written by an older dontstop
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    run("train", cfg)  # defaults for the missing keys: the same experiment, nothing to refuse
+    assert main(["train", str(cfg), "distill.alpha=0.9"]) == 2  # but a non-default value is a change

@@ -163,3 +163,18 @@ def test_train_folds_script_trains_a_missing_teacher_first(tmp_path, tiny_bert):
     assert "teacher teacher is not finished" in result.stdout
     assert (tmp_path / "oof" / "teacher" / "scores.json").is_file()
     assert (tmp_path / "oof" / "student" / "scores.json").is_file()
+
+
+def test_regression_agreement_filter_keeps_rows_the_teachers_agree_on(tmp_path, tiny_bert):
+    root = write_competition(tmp_path, "regression")
+    for name, seed in (("t1", 1), ("t2", 2)):
+        cfg = write_config(tmp_path, name, "regression", tiny_bert, train={"seed": seed})
+        assert main(["folds", str(cfg)]) == 0 and main(["train", str(cfg)]) == 0
+    kept = {}
+    for max_std in (0.0, 0.02):
+        student = write_config(tmp_path, f"s{max_std}", "regression", tiny_bert, stages=["folds", "pseudo", "train"],
+                               pseudo={"teacher": "t1", "agree_with": ["t2"], "max_std": max_std,
+                                       "pool": str(root / "unlabelled.csv"), "label_test": True})
+        assert main(["pseudo", str(student)]) == 0
+        kept[max_std] = json.loads((tmp_path / "oof" / f"s{max_std}" / "pseudo_fold0.json").read_text())["n_selected"]
+    assert kept[0.0] == 20 and 0 <= kept[0.02] < kept[0.0]  # 8 pool + 12 test rows; disagreement drops some

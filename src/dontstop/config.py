@@ -142,6 +142,8 @@ class PseudoConfig:
     # multilabel) is at least this; 0 keeps all
     fraction: float = 1.0  # sample this fraction of the kept rows (seeded per fold)
     balance: bool = False  # classification: equal rows per predicted class
+    agree_with: list[str] = field(default_factory=list)  # regression: more teachers whose fold-k models must agree
+    max_std: float = 0.0  # regression agreement filter: keep rows whose std across teachers is <= this (0 = off)
     soft: bool = True  # soft labels (probabilities) or hard ones (argmax / 0-1)
     weight: float = 1.0  # loss weight of a pseudo row (real rows weigh 1)
     schedule: str = "mixed"  # mixed: pseudo rows join the fold's rows | two_phase: pseudo rows first, then real

@@ -96,19 +96,29 @@ def run_pseudo(cfg: Config, log=print) -> None:
     n_folds = read_json(Path(cfg.oof_dir) / p.teacher / "scores.json")["n_folds"]
     accelerator = make_accelerator(cfg)
     for k in range(n_folds):
-        fold_dir = teacher_models / f"fold{k}"
-        model, tokenizer, head = load_fold_model(fold_dir)
-        # the leak rule as code: the model that labels student fold k's pool never saw fold k's labels
-        check_provenance(head.get("trained_on_folds"), k, str(fold_dir))
-        if head["output_names"] != comp.output_names:
-            raise ValueError(f"teacher {fold_dir} predicts {head['output_names']}, the competition has {comp.output_names}")
-        dataset = D.TextDataset(D.tokenize(comp, pool, tokenizer, head["model"]["max_length"]))
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        loader = make_loader(dataset, cfg.train.eval_batch_size, pad_id, shuffle=False)
-        model, loader = accelerator.prepare(model, loader)
-        preds = to_predictions(predict_raw(model, loader, accelerator, len(dataset)), head["task"],
-                               head["target_mean"], head["target_std"])
-        keep = select_rows(preds, spec.task, p, np.random.default_rng([p.seed, k]))
+        all_preds, label_folds = [], set()
+        for teacher in [p.teacher, *p.agree_with]:
+            fold_dir = Path(cfg.models_dir) / teacher / f"fold{k}"
+            model, tokenizer, head = load_fold_model(fold_dir)
+            # the leak rule as code: a model that labels student fold k's pool never saw fold k's labels
+            check_provenance(head.get("trained_on_folds"), k, str(fold_dir))
+            if head["output_names"] != comp.output_names:
+                raise ValueError(f"teacher {fold_dir} predicts {head['output_names']}, the competition has "
+                                 f"{comp.output_names}")
+            dataset = D.TextDataset(D.tokenize(comp, pool, tokenizer, head["model"]["max_length"]))
+            pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+            model, loader = accelerator.prepare(model, make_loader(dataset, cfg.train.eval_batch_size, pad_id,
+                                                                   shuffle=False))
+            all_preds.append(to_predictions(predict_raw(model, loader, accelerator, len(dataset)), head["task"],
+                                            head["target_mean"], head["target_std"]))
+            label_folds |= set(head["trained_on_folds"])
+            accelerator.free_memory()
+        preds = np.mean(all_preds, axis=0)
+        agree = np.arange(len(preds))
+        if p.max_std > 0 and len(all_preds) > 1:  # regression: keep rows the teachers agree on
+            agree = np.flatnonzero(np.std(all_preds, axis=0).max(1) <= p.max_std)
+        head = {**head, "trained_on_folds": sorted(label_folds)}
+        keep = agree[select_rows(preds[agree], spec.task, p, np.random.default_rng([p.seed, k]))]
         targets = pseudo_targets(preds[keep], spec.task, p.soft)
         frame = pool.iloc[keep].reset_index(drop=True).copy()
         for i, name in enumerate(comp.output_names):
@@ -117,11 +127,10 @@ def run_pseudo(cfg: Config, log=print) -> None:
         frame["label_folds"] = ",".join(map(str, head["trained_on_folds"]))
         write_csv(cfg.oof_path / f"pseudo_fold{k}.csv", frame)
         write_json(cfg.oof_path / f"pseudo_fold{k}.json", {
-            "teacher": p.teacher, "teacher_fold": k, "label_folds": head["trained_on_folds"],
+            "teacher": p.teacher, "agree_with": p.agree_with, "teacher_fold": k, "label_folds": head["trained_on_folds"],
             "n_pool": len(pool), "n_selected": int(len(keep)), "soft": p.soft, "threshold": p.threshold})
-        log(f"pseudo fold {k}: teacher {p.teacher}/fold{k} (labels of folds {head['trained_on_folds']}) kept "
-            f"{len(keep)}/{len(pool)} pool rows")
-        accelerator.free_memory()
+        log(f"pseudo fold {k}: fold-{k} models of {[p.teacher, *p.agree_with]} (labels of folds "
+            f"{head['trained_on_folds']}) kept {len(keep)}/{len(pool)} pool rows")
 
 
 def pseudo_rows(cfg: Config, comp: D.Competition, k: int) -> pd.DataFrame | None:

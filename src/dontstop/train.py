@@ -35,6 +35,8 @@ from dontstop.runtime import make_accelerator, make_logger
 
 # keys that change nothing in the results, so changing them does not invalidate finished folds
 _RESULT_NEUTRAL = {"stages", "train.num_workers", "train.log_with", "train.eval_batch_size"}
+# sections other stages read: the MLM result reaches training only through model.backbone
+_RESULT_NEUTRAL_SECTIONS = ("mlm.", "ensemble.")
 
 
 def run_train(cfg: Config, folds: list[int] | None = None, force: bool = False) -> dict | None:
@@ -96,7 +98,15 @@ def _fold_done(cfg: Config, k: int, fold_hash: str) -> bool:
 
 def _comparable(cfg_dict: dict) -> dict:
     flat = _flat(cfg_dict)
-    return {k: v for k, v in flat.items() if k not in _RESULT_NEUTRAL and k != "experiment"}
+    return {k: v for k, v in flat.items() if k not in _RESULT_NEUTRAL and k != "experiment"
+            and not k.startswith(_RESULT_NEUTRAL_SECTIONS)}
+
+
+def _changed_keys(old: dict, new: dict) -> list[str]:
+    """Keys whose value differs; a key the saved config predates counts only if set away from its default."""
+    defaults = _flat(Config().to_dict())
+    return sorted(k for k in set(old) | set(new)
+                  if old.get(k, defaults.get(k)) != new.get(k, defaults.get(k)))
 
 
 def _guard_output_dir(cfg: Config, force: bool, todo: list[int]) -> None:
@@ -107,7 +117,7 @@ def _guard_output_dir(cfg: Config, force: bool, todo: list[int]) -> None:
     if saved.is_file():
         old = _comparable(yaml.safe_load(saved.read_text()) or {})
         new = _comparable(cfg.to_dict())
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        changed = _changed_keys(old, new)
         if changed and not force:
             shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
             raise FileExistsError(f"{cfg.oof_path} holds results of a different config ({shown}); rerun with "
