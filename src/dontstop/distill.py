@@ -31,7 +31,7 @@ def soften(raw: np.ndarray, task: str, temperature: float, head: dict) -> np.nda
 def run_distill(cfg: Config, log=print) -> None:
     from dontstop.folds import read_fold_file
     from dontstop.models import load_fold_model
-    from dontstop.predict import make_loader, predict_raw
+    from dontstop.predict import predict_frame
     from dontstop.runtime import make_accelerator
 
     d, spec = cfg.distill, cfg.competition
@@ -47,10 +47,8 @@ def run_distill(cfg: Config, log=print) -> None:
         model, tokenizer, head = load_fold_model(fold_dir)
         check_provenance(head.get("trained_on_folds"), k, str(fold_dir))  # teacher fold k never saw fold k
         rows = comp.train.iloc[np.flatnonzero(fold_of != k)]
-        dataset = D.TextDataset(D.tokenize(comp, rows, tokenizer, head["model"]["max_length"]))
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        model, loader = accelerator.prepare(model, make_loader(dataset, cfg.train.eval_batch_size, pad_id, shuffle=False))
-        soft = soften(predict_raw(model, loader, accelerator, len(dataset)), head["task"], d.temperature, head)
+        raw = predict_frame(model, tokenizer, head, comp, rows, accelerator, cfg.train.eval_batch_size)
+        soft = soften(raw, head["task"], d.temperature, head)
         frame = pd.DataFrame(soft, columns=[f"soft_{n}" for n in comp.output_names])
         frame.insert(0, spec.id_column, rows[spec.id_column].to_numpy())
         write_csv(cfg.oof_path / f"soft_fold{k}.csv", frame)

@@ -47,6 +47,18 @@ def predict_raw(model, loader, accelerator, n_rows: int) -> np.ndarray:
     return result
 
 
+def predict_frame(model, tokenizer, head: dict, comp, frame: pd.DataFrame, accelerator, batch_size: int) -> np.ndarray:
+    """Raw outputs of a loaded fold model (see models.load_fold_model) for every row of `frame`, in order."""
+    from dontstop import data as D
+
+    dataset = D.TextDataset(D.tokenize(comp, frame, tokenizer, head["model"]["max_length"]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    loader = make_loader(dataset, batch_size, pad_id, shuffle=False,
+                         multiple_of=8 if accelerator.device.type == "cuda" else 1)
+    model, loader = accelerator.prepare(model, loader)
+    return predict_raw(model, loader, accelerator, len(dataset))
+
+
 def to_predictions(raw: np.ndarray, task: str, target_mean=None, target_std=None) -> np.ndarray:
     """Outputs in the competition's units: values for regression, probabilities for classification."""
     if task in ("regression", "multi_target_regression"):
@@ -127,18 +139,13 @@ def run_predict(cfg, folds: list[int] | None = None) -> pd.DataFrame:
         if head["output_names"] != comp.output_names:
             raise ValueError(f"{cfg.models_path / f'fold{k}'} predicts {head['output_names']}, but the config's "
                              f"competition has {comp.output_names}")
-        dataset = D.TextDataset(D.tokenize(comp, comp.test, tokenizer, head["model"]["max_length"]))
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        loader = make_loader(dataset, cfg.train.eval_batch_size, pad_id, shuffle=False,
-                             multiple_of=8 if accelerator.device.type == "cuda" else 1)
-        model, loader = accelerator.prepare(model, loader)
-        raw = predict_raw(model, loader, accelerator, len(dataset))
+        raw = predict_frame(model, tokenizer, head, comp, comp.test, accelerator, cfg.train.eval_batch_size)
         preds = to_predictions(raw, head["task"], head["target_mean"], head["target_std"])
         if accelerator.is_main_process:
             from dontstop.io import write_csv
             write_csv(cfg.oof_path / f"test_fold{k}.csv",
                       predictions_frame(comp.test[comp.spec.id_column], preds, comp.pred_columns, comp.spec.id_column))
-        log(f"fold {k}: predicted {len(dataset)} test rows")
+        log(f"fold {k}: predicted {len(comp.test)} test rows")
         accelerator.free_memory()
     test = write_test_outputs(cfg, comp, n_folds) if accelerator.is_main_process else None
     log(f"wrote {cfg.oof_path / 'test.csv'} and {cfg.oof_path / 'submission.csv'}")

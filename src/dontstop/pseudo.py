@@ -83,13 +83,12 @@ def pseudo_targets(preds: np.ndarray, task: str, soft: bool) -> np.ndarray:
 
 def run_pseudo(cfg: Config, log=print) -> None:
     from dontstop.models import load_fold_model
-    from dontstop.predict import make_loader, predict_raw, to_predictions
+    from dontstop.predict import predict_frame, to_predictions
     from dontstop.runtime import make_accelerator
 
     p, spec = cfg.pseudo, cfg.competition
     comp = D.load_competition(spec, log=log)
     pool = load_pool(cfg, comp, log)
-    teacher_models = Path(cfg.models_dir) / p.teacher
     if not (Path(cfg.oof_dir) / p.teacher / "scores.json").is_file():
         raise FileNotFoundError(f"pseudo.teacher {p.teacher!r} is not finished ({Path(cfg.oof_dir) / p.teacher}"
                                 f"/scores.json missing): run `bash scripts/train_folds.sh configs/{p.teacher}.yaml`")
@@ -105,12 +104,8 @@ def run_pseudo(cfg: Config, log=print) -> None:
             if head["output_names"] != comp.output_names:
                 raise ValueError(f"teacher {fold_dir} predicts {head['output_names']}, the competition has "
                                  f"{comp.output_names}")
-            dataset = D.TextDataset(D.tokenize(comp, pool, tokenizer, head["model"]["max_length"]))
-            pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-            model, loader = accelerator.prepare(model, make_loader(dataset, cfg.train.eval_batch_size, pad_id,
-                                                                   shuffle=False))
-            all_preds.append(to_predictions(predict_raw(model, loader, accelerator, len(dataset)), head["task"],
-                                            head["target_mean"], head["target_std"]))
+            raw = predict_frame(model, tokenizer, head, comp, pool, accelerator, cfg.train.eval_batch_size)
+            all_preds.append(to_predictions(raw, head["task"], head["target_mean"], head["target_std"]))
             label_folds |= set(head["trained_on_folds"])
             accelerator.free_memory()
         preds = np.mean(all_preds, axis=0)

@@ -14,7 +14,6 @@ import dataclasses
 import math
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
