@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dontstop", description="Leak-free K-fold fine-tuning for Kaggle NLP competitions.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="stages:\n" + "\n".join(f"  {name:<10} {text}" for name, text in STAGES.items())
+        epilog="stages:\n" + "\n".join(f"  {name:<10} {text}" for name, text in {**STAGES, **OTHER}.items())
         + "\n\nexample: python -m dontstop train configs/default.yaml train.lr=3e-5 --fold 0")
     sub = parser.add_subparsers(dest="stage", metavar="stage", required=True)
     for name, text in STAGES.items():
