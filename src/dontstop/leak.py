@@ -24,6 +24,15 @@ def check_provenance(label_folds: Iterable[int] | None, fold: int, source: str) 
                         f"excludes fold {fold})")
 
 
+def format_label_folds(folds) -> str:
+    """The per-row `label_folds` cell of a pseudo-label file: "0,2,3" (empty when no labels were used)."""
+    return ",".join(str(int(f)) for f in sorted(folds))
+
+
+def parse_label_folds(cell) -> list[int]:
+    return [int(f) for f in str(cell).split(",") if f.strip()]
+
+
 def fold_backbone(backbone_dir: str, fold: int) -> str:
     """The backbone fold `fold` trains from: `<dir>/fold<k>` when the MLM stage made one per fold (its masking
     used labels), else `<dir>` itself; either way checked against the label provenance it recorded."""

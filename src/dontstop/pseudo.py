@@ -18,7 +18,7 @@ import pandas as pd
 from dontstop import data as D
 from dontstop.config import Config
 from dontstop.io import read_json, write_csv, write_json
-from dontstop.leak import check_provenance
+from dontstop.leak import check_provenance, format_label_folds, parse_label_folds
 
 
 def _norm(texts: pd.Series) -> pd.Series:
@@ -119,7 +119,7 @@ def run_pseudo(cfg: Config, log=print) -> None:
         for i, name in enumerate(comp.output_names):
             frame[f"pseudo_{name}"] = targets[:, i]
         frame["weight"] = p.weight
-        frame["label_folds"] = ",".join(map(str, head["trained_on_folds"]))
+        frame["label_folds"] = format_label_folds(head["trained_on_folds"])
         write_csv(cfg.oof_path / f"pseudo_fold{k}.csv", frame)
         write_json(cfg.oof_path / f"pseudo_fold{k}.json", {
             "teacher": p.teacher, "agree_with": p.agree_with, "teacher_fold": k, "label_folds": head["trained_on_folds"],
@@ -139,5 +139,5 @@ def pseudo_rows(cfg: Config, comp: D.Competition, k: int) -> pd.DataFrame | None
     meta = read_json(path.with_suffix(".json"))
     check_provenance(meta.get("label_folds"), k, str(path))
     for folds in frame["label_folds"].unique():  # per row too: a hand-edited or concatenated file is caught
-        check_provenance([int(f) for f in str(folds).split(",") if f != ""], k, f"{path} (rows with label_folds={folds})")
+        check_provenance(parse_label_folds(folds), k, f"{path} (rows with label_folds={folds})")
     return frame

@@ -25,7 +25,7 @@ from dontstop.config import Config, dump_config
 from dontstop.folds import read_fold_file
 from dontstop.io import ensure_writable_dir, read_json, write_csv, write_json, write_text
 from dontstop.metrics import get_metric, score
-from dontstop.leak import fold_backbone
+from dontstop.leak import fold_backbone, parse_label_folds
 from dontstop.models import build_model, load_tokenizer, parameter_groups, resolve_backbone, save_fold_model
 from dontstop.predict import make_loader, predict_raw, predictions_frame, to_predictions
 from dontstop.pseudo import pseudo_rows
@@ -366,7 +366,7 @@ def training_rows(cfg: Config, comp: D.Competition, k: int, train_idx, fold_of, 
         extra_targets = scale(extra[[f"pseudo_{name}" for name in comp.output_names]].to_numpy(np.float32))
         extra_encodings = D.tokenize(comp, extra, tokenizer, cfg.model.max_length)
         extra_weights = extra["weight"].to_numpy(np.float32)
-        label_folds |= {int(f) for folds in extra["label_folds"].unique() for f in str(folds).split(",") if f}
+        label_folds |= {f for cell in extra["label_folds"].unique() for f in parse_label_folds(cell)}
         if cfg.pseudo.schedule == "two_phase":
             phase1_set = D.TextDataset(extra_encodings, extra_targets.astype(np.float32), extra_weights)
         else:
