@@ -14,7 +14,9 @@ STAGES = {
     "distill": "self-distillation: soft labels for fold k's training rows from teacher fold k",
     "ensemble": "blend finished experiments' OOF predictions (nested, honest CV) -> weights.json, submission",
 }
-OTHER = {"compare": "local leaderboard of every experiment under oof/ (no config)"}
+OTHER = {"compare": "local leaderboard of every experiment under oof/ (no config)",
+         "package": "bundle an experiment or ensemble as a Kaggle dataset folder (weights, tokenizer, wheel)",
+         "infer": "offline submission from a bundle (no config, no hub): what the Kaggle kernel runs"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,11 +41,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="PATH", help="also write the table as CSV")
     p.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown")
     p.add_argument("--plot", metavar="DIR", help="write fold_scores.png and oof_correlation.png into DIR")
+    p = sub.add_parser("package", help=OTHER["package"], description=OTHER["package"])
+    p.add_argument("config", help="experiment or ensemble YAML, e.g. configs/default.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
+    p.add_argument("--out", required=True, metavar="DIR", help="bundle folder (replaced if it holds an old bundle)")
+    p.add_argument("--id", dest="dataset_id", metavar="USER/SLUG", help="Kaggle dataset id (default: package.dataset_id)")
+    p.add_argument("--title", help="Kaggle dataset title (default: package.title)")
+    p.add_argument("--fp16", action="store_true", default=None, help="store weights in fp16 (half the size)")
+    p.add_argument("--upload", action="store_true", help="create or version the dataset with the kaggle CLI")
+    p = sub.add_parser("infer", help=OTHER["infer"], description=OTHER["infer"])
+    p.add_argument("--bundle", required=True, metavar="DIR", help="folder written by `dontstop package`")
+    p.add_argument("--test", required=True, metavar="CSV", help="the competition's test file")
+    p.add_argument("--out", required=True, metavar="CSV", help="where to write the submission")
+    p.add_argument("--sample", metavar="CSV", help="sample submission (default: its layout recorded in the bundle, "
+                                                  "with the test file's ids in order)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="prediction batch size (default: as trained)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.stage == "infer":  # before anything imports the Hugging Face libraries
+        from dontstop.infer import go_offline
+        go_offline()
     from dontstop.config import ConfigError, load_config
     from dontstop.data import DataError
 
@@ -51,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage == "compare":
             from dontstop.compare import run_compare
             run_compare(args.root, args.baseline, args.only, args.csv, args.markdown, args.plot)
+            return 0
+        if args.stage == "infer":
+            from dontstop.infer import run_infer
+            run_infer(args.bundle, args.test, args.out, sample=args.sample, batch_size=args.batch_size)
             return 0
         cfg = load_config(args.config, args.overrides)
         if args.stage == "folds":
@@ -71,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "ensemble":
             from dontstop.ensemble import run_ensemble
             run_ensemble(cfg)
+        elif args.stage == "package":
+            from dontstop.bundle import run_package
+            run_package(cfg, args.out, dataset_id=args.dataset_id, title=args.title, fp16=args.fp16,
+                        upload=args.upload)
         elif args.stage == "predict":
             from dontstop.predict import run_predict
             run_predict(cfg, folds=args.fold)

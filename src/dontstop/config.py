@@ -168,6 +168,15 @@ class EnsembleConfig:
 
 
 @dataclass
+class PackageConfig:
+    """`dontstop package`: the Kaggle dataset that carries the trained folds to an offline kernel."""
+    dataset_id: Optional[str] = None  # <kaggle user>/<slug>; default $KAGGLE_USERNAME/dontstop-<experiment>
+    title: Optional[str] = None  # default: "dontstop <experiment>"
+    license: str = "other"  # a Kaggle licence name (CC0-1.0, CC-BY-SA-4.0, apache-2.0, ...); weights inherit the backbone's
+    fp16: bool = False  # store weights in fp16: half the size, predictions differ by fp16 rounding
+
+
+@dataclass
 class Config:
     experiment: str = ""  # set from the file name; not a YAML key
     base: Optional[str] = None
@@ -182,6 +191,7 @@ class Config:
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    package: PackageConfig = field(default_factory=PackageConfig)
 
     @property
     def oof_path(self) -> Path:

@@ -109,13 +109,7 @@ def load_competition(spec: CompetitionConfig, log=print, need_test: bool = True)
 
     test = sample = None
     if spec.test and need_test:
-        test = read_csv(spec.test, "test")
-        _require_columns(test, [spec.id_column], spec.test, "id_column")
-        missing = [c for c in spec.text_columns if c not in test.columns]
-        if missing:
-            raise DataError(f"{spec.test}: test file lacks the text column(s) {missing} that train "
-                            f"({train_path}) has; test columns are {list(test.columns)}")
-        test = _clean_texts(_clean_ids(test, spec, spec.test), spec, spec.test, log)
+        test = load_test(spec, spec.test, log)
     if spec.sample_submission and need_test:
         sample = read_csv(spec.sample_submission, "sample_submission")
         _require_columns(sample, [spec.id_column], spec.sample_submission, "id_column")
@@ -126,6 +120,18 @@ def load_competition(spec: CompetitionConfig, log=print, need_test: bool = True)
                 raise DataError(f"{spec.sample_submission}: {len(extra)} ids are not in the test file "
                                 f"{spec.test}, e.g. {_examples(extra)}")
     return Competition(spec, train, test, sample, classes)
+
+
+def load_test(spec: CompetitionConfig, path: str | Path, log=print) -> pd.DataFrame:
+    """Read and validate a test file: ids present and unique, the text columns present (empty texts per
+    competition.nan_text). Used by `load_competition` and by offline `infer`, which has no train file."""
+    test = read_csv(path, "test")
+    _require_columns(test, [spec.id_column], str(path), "id_column")
+    missing = [c for c in spec.text_columns if c not in test.columns]
+    if missing:
+        raise DataError(f"{path}: test file lacks the text column(s) {missing} the model reads "
+                        f"(competition.text_columns); its columns are {list(test.columns)}")
+    return _clean_texts(_clean_ids(test, spec, str(path)), spec, str(path), log)
 
 
 def _check_targets(train: pd.DataFrame, spec: CompetitionConfig, path: str) -> list[str] | None:

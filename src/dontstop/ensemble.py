@@ -89,6 +89,13 @@ def _metric_shape(comp: D.Competition, preds: np.ndarray) -> np.ndarray:
     return preds[..., 0] if preds.shape[-1] == 1 and comp.spec.task != "multiclass" else preds
 
 
+def blend_members(blend: dict, comp: D.Competition, member_preds: np.ndarray) -> np.ndarray:
+    """A fitted blend (weights.json) applied to the members' fold-averaged test predictions (K, n, outputs);
+    returns (n, outputs) in the competition's units. Used here and by offline `infer`."""
+    blended = apply_blend(blend, _metric_shape(comp, np.asarray(member_preds, dtype=np.float64)))
+    return np.asarray(blended).reshape(member_preds.shape[1], -1)
+
+
 def run_ensemble(cfg: Config, log=print) -> dict:
     from dontstop.folds import read_fold_file
 
@@ -117,7 +124,7 @@ def run_ensemble(cfg: Config, log=print) -> dict:
     write_json(out / "weights.json", {"members": members, **result["blend"],
                                       "fitted_on": "all OOF rows (the nested per-fold blends only score the CV)"})
     if test is not None:
-        blended = np.asarray(apply_blend(result["blend"], _metric_shape(comp, test))).reshape(len(comp.test), -1)
+        blended = blend_members(result["blend"], comp, test)
         test_frame = pd.DataFrame(blended, columns=comp.pred_columns)
         test_frame.insert(0, spec.id_column, comp.test[spec.id_column].to_numpy())
         write_csv(out / "test.csv", test_frame)

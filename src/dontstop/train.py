@@ -34,8 +34,8 @@ from dontstop.runtime import make_accelerator, make_logger
 
 # keys that change nothing in the results, so changing them does not invalidate finished folds
 _RESULT_NEUTRAL = {"stages", "train.num_workers", "train.log_with", "train.eval_batch_size"}
-# sections other stages read: the MLM result reaches training only through model.backbone
-_RESULT_NEUTRAL_SECTIONS = ("mlm.", "ensemble.")
+# sections other stages read: the MLM result reaches training only through model.backbone; package only ships
+_RESULT_NEUTRAL_SECTIONS = ("mlm.", "ensemble.", "package.")
 
 
 def run_train(cfg: Config, folds: list[int] | None = None, force: bool = False) -> dict | None:
