@@ -72,7 +72,7 @@ class TrainConfig:
     head_lr: float = 1e-3  # a fresh head learns faster than the pretrained body
     layerwise_lr_decay: float = 1.0  # <1: each lower layer gets lr * decay^depth
     weight_decay: float = 0.01  # never applied to biases and norm weights
-    optimizer: str = "adamw"  # adamw (fused on CUDA) | adamw_8bit (bitsandbytes)
+    optimizer: str = "adamw"  # adamw (fused) | adamw_8bit (bitsandbytes; saves memory on CUDA only)
     scheduler: str = "cosine"  # linear | cosine | constant, each after warmup
     warmup_ratio: float = 0.1
     grad_accum: int = 1

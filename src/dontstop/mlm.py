@@ -223,7 +223,9 @@ def _train_mlm(cfg: Config, out: Path, source: str, docs: list[str], repeats: li
         import bitsandbytes as bnb
         optimizer = bnb.optim.AdamW8bit(groups, lr=m.lr)
     else:
-        optimizer = torch.optim.AdamW(groups, lr=m.lr, fused=accelerator.device.type == "cuda")
+        from dontstop.runtime import fused_adamw
+
+        optimizer = torch.optim.AdamW(groups, lr=m.lr, fused=fused_adamw(accelerator.device))
     # every process takes the same number of micro-batches per epoch (DDP steps in lock-step)
     micro_per_epoch = max(1, len(_epoch_batches(train_stream, m, 0)) // accelerator.num_processes)
     steps_per_epoch = max(1, micro_per_epoch // m.grad_accum)

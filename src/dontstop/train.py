@@ -179,7 +179,9 @@ def make_optimizer(cfg: Config, model, device: torch.device) -> torch.optim.Opti
         except ImportError as err:
             raise ImportError("train.optimizer=adamw_8bit needs bitsandbytes (pip install bitsandbytes)") from err
         return bnb.optim.AdamW8bit(groups, lr=t.lr)
-    return torch.optim.AdamW(groups, lr=t.lr, fused=device.type == "cuda")
+    from dontstop.runtime import fused_adamw
+
+    return torch.optim.AdamW(groups, lr=t.lr, fused=fused_adamw(device))
 
 
 def make_scheduler(cfg: Config, optimizer, total_steps: int):
