@@ -234,7 +234,9 @@ def run_baseline(cfg, comp, fold_of, encodings, targets, tokenizer, device, warm
     def rows(indices):
         out = []
         for i in indices:
-            item = {"input_ids": encodings[i]["input_ids"], "token_type_ids": encodings[i]["token_type_ids"]}
+            types = encodings[i]["token_type_ids"]
+            item = {"input_ids": encodings[i]["input_ids"].tolist(),
+                    "token_type_ids": types.tolist() if types is not None else None}
             if classification:
                 item["labels"] = int(targets[i, 0])
             else:

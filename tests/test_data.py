@@ -114,7 +114,8 @@ def test_tokenize_joins_columns_or_pairs(demo, tiny_bert):
     tok = AutoTokenizer.from_pretrained(tiny_bert)
     comp = load_competition(spec(demo, text_columns=["title", "text"]))
     joined = tokenize(comp, comp.train.head(3), tok, max_length=64)
-    assert all(e["input_ids"].count(tok.sep_token_id) == 2 for e in joined)  # title [SEP] text [SEP]
+    assert all((e["input_ids"] == tok.sep_token_id).sum() == 2 for e in joined)  # title [SEP] text [SEP]
+    assert all(e["input_ids"].dtype == np.int32 for e in joined)  # compact: not Python lists
     assert all(len(e["input_ids"]) <= 64 for e in joined)
     pair_comp = load_competition(spec(demo, text_columns=["title", "text"], text_pair=True))
     pairs = tokenize(pair_comp, pair_comp.train.head(3), tok, max_length=64)

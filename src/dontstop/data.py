@@ -206,22 +206,33 @@ def metric_predictions(comp: Competition, preds: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- tokenising
-def tokenize(comp: Competition, df: pd.DataFrame, tokenizer, max_length: int) -> list[dict]:
-    """Token ids (and type ids) per row, unpadded. Several text columns are joined with the separator."""
+def tokenize(comp: Competition, df: pd.DataFrame, tokenizer, max_length: int, chunk: int = 4096) -> list[dict]:
+    """Token ids (and type ids) per row, unpadded. Several text columns are joined with the separator.
+
+    Rows are tokenised in chunks and kept as int32 / int8 arrays: a Python list costs ~30x more memory per
+    token, which at 100k rows was most of the host memory of a run (bench/scale.py)."""
     spec = comp.spec
-    first = df[spec.text_columns[0]].tolist()
     if spec.text_pair:
-        second = df[spec.text_columns[1]].tolist()
-        enc = tokenizer(first, second, truncation="longest_first", max_length=max_length,
-                        return_token_type_ids=True)
+        first, second = df[spec.text_columns[0]].tolist(), df[spec.text_columns[1]].tolist()
     else:
+        second = None
+        first = df[spec.text_columns[0]].tolist()
         if len(spec.text_columns) > 1:
             sep = f" {tokenizer.sep_token} " if tokenizer.sep_token else " "
             first = df[spec.text_columns].astype(str).agg(sep.join, axis=1).tolist()
-        enc = tokenizer(first, truncation=True, max_length=max_length, return_token_type_ids=True)
-    types = enc.get("token_type_ids")
-    return [{"input_ids": ids, "token_type_ids": types[i] if types is not None else None}
-            for i, ids in enumerate(enc["input_ids"])]
+    rows = []
+    for start in range(0, len(first), chunk):
+        if second is not None:
+            enc = tokenizer(first[start:start + chunk], second[start:start + chunk], truncation="longest_first",
+                            max_length=max_length, return_token_type_ids=True)
+        else:
+            enc = tokenizer(first[start:start + chunk], truncation=True, max_length=max_length,
+                            return_token_type_ids=True)
+        types = enc.get("token_type_ids")
+        rows += [{"input_ids": np.asarray(ids, dtype=np.int32),
+                  "token_type_ids": np.asarray(types[i], dtype=np.int8) if types is not None else None}
+                 for i, ids in enumerate(enc["input_ids"])]
+    return rows
 
 
 class TextDataset(torch.utils.data.Dataset):
