@@ -212,22 +212,17 @@ def tokenize(comp: Competition, df: pd.DataFrame, tokenizer, max_length: int, ch
     Rows are tokenised in chunks and kept as int32 / int8 arrays: a Python list costs ~30x more memory per
     token, which at 100k rows was most of the host memory of a run (bench/scale.py)."""
     spec = comp.spec
-    if spec.text_pair:
-        first, second = df[spec.text_columns[0]].tolist(), df[spec.text_columns[1]].tolist()
+    if spec.text_pair:  # (text, text_pair): truncation takes from the longer one first
+        columns = [df[spec.text_columns[0]].tolist(), df[spec.text_columns[1]].tolist()]
+    elif len(spec.text_columns) > 1:
+        sep = f" {tokenizer.sep_token} " if tokenizer.sep_token else " "
+        columns = [df[spec.text_columns].astype(str).agg(sep.join, axis=1).tolist()]
     else:
-        second = None
-        first = df[spec.text_columns[0]].tolist()
-        if len(spec.text_columns) > 1:
-            sep = f" {tokenizer.sep_token} " if tokenizer.sep_token else " "
-            first = df[spec.text_columns].astype(str).agg(sep.join, axis=1).tolist()
+        columns = [df[spec.text_columns[0]].tolist()]
     rows = []
-    for start in range(0, len(first), chunk):
-        if second is not None:
-            enc = tokenizer(first[start:start + chunk], second[start:start + chunk], truncation="longest_first",
-                            max_length=max_length, return_token_type_ids=True)
-        else:
-            enc = tokenizer(first[start:start + chunk], truncation=True, max_length=max_length,
-                            return_token_type_ids=True)
+    for start in range(0, len(df), chunk):
+        enc = tokenizer(*(c[start:start + chunk] for c in columns), truncation=True, max_length=max_length,
+                        return_token_type_ids=True)
         types = enc.get("token_type_ids")
         rows += [{"input_ids": np.asarray(ids, dtype=np.int32),
                   "token_type_ids": np.asarray(types[i], dtype=np.int8) if types is not None else None}
