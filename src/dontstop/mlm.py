@@ -178,6 +178,7 @@ def _train_mlm(cfg: Config, out: Path, source: str, docs: list[str], repeats: li
     from transformers import AutoTokenizer
 
     from dontstop.models import enable_checkpointing
+    from dontstop.runtime import make_adamw
 
     m = cfg.mlm
     ensure_writable_dir(out, "MLM output directory")
@@ -219,13 +220,7 @@ def _train_mlm(cfg: Config, out: Path, source: str, docs: list[str], repeats: li
                "weight_decay": 0.0 if no_wd else m.weight_decay, "is_head": is_head}
               for is_head in (True, False) for no_wd in (True, False)]
     groups = [g for g in groups if g["params"]]
-    if m.optimizer == "adamw_8bit":
-        import bitsandbytes as bnb
-        optimizer = bnb.optim.AdamW8bit(groups, lr=m.lr)
-    else:
-        from dontstop.runtime import fused_adamw
-
-        optimizer = torch.optim.AdamW(groups, lr=m.lr, fused=fused_adamw(accelerator.device))
+    optimizer = make_adamw(groups, m.lr, m.optimizer, accelerator.device, key="mlm.optimizer")
     # every process takes the same number of micro-batches per epoch (DDP steps in lock-step)
     micro_per_epoch = max(1, len(_epoch_batches(train_stream, m, 0)) // accelerator.num_processes)
     steps_per_epoch = max(1, micro_per_epoch // m.grad_accum)

@@ -71,7 +71,14 @@ def make_logger(path: Path, is_main: bool):
     return logger.info
 
 
-def fused_adamw(device) -> bool:
-    """torch's fused AdamW runs on CUDA and on CPU; on CPU the default per-parameter loop took ~30 % of a MiniLM
-    fine-tuning step (bench/finetune_throughput.py profile)."""
-    return device.type in ("cuda", "cpu")
+def make_adamw(groups: list[dict], lr: float, kind: str, device: torch.device, key: str) -> torch.optim.Optimizer:
+    """AdamW for the fine-tuning and MLM stages: `adamw` is torch's fused kernel (CUDA and CPU: on CPU the
+    default per-parameter loop took ~30 % of a MiniLM step, bench/finetune_throughput.py), `adamw_8bit` is
+    bitsandbytes' 8-bit AdamW. `key` names the config key in the error when bitsandbytes is missing."""
+    if kind == "adamw_8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as err:
+            raise ImportError(f"{key}=adamw_8bit needs bitsandbytes (pip install bitsandbytes)") from err
+        return bnb.optim.AdamW8bit(groups, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr, fused=device.type in ("cuda", "cpu"))

@@ -30,7 +30,7 @@ from dontstop.models import build_model, load_tokenizer, parameter_groups, resol
 from dontstop.predict import make_loader, predict_raw, predictions_frame, to_predictions
 from dontstop.pseudo import pseudo_rows
 from dontstop.report import assemble_outputs
-from dontstop.runtime import make_accelerator, make_logger
+from dontstop.runtime import make_accelerator, make_adamw, make_logger
 
 # keys that change nothing in the results, so changing them does not invalidate finished folds
 _RESULT_NEUTRAL = {"stages", "train.num_workers", "train.log_with", "train.eval_batch_size"}
@@ -173,15 +173,7 @@ def compute_loss(kind: str, logits: torch.Tensor, targets: torch.Tensor, weight:
 def make_optimizer(cfg: Config, model, device: torch.device) -> torch.optim.Optimizer:
     t = cfg.train
     groups = parameter_groups(model, t.lr, t.head_lr, t.layerwise_lr_decay, t.weight_decay)
-    if t.optimizer == "adamw_8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError as err:
-            raise ImportError("train.optimizer=adamw_8bit needs bitsandbytes (pip install bitsandbytes)") from err
-        return bnb.optim.AdamW8bit(groups, lr=t.lr)
-    from dontstop.runtime import fused_adamw
-
-    return torch.optim.AdamW(groups, lr=t.lr, fused=fused_adamw(device))
+    return make_adamw(groups, t.lr, t.optimizer, device, key="train.optimizer")
 
 
 def make_scheduler(cfg: Config, optimizer, total_steps: int):
